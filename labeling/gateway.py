@@ -1,0 +1,359 @@
+"""The only module that talks to Label Studio (through label-studio-sdk).
+
+It returns labelloop's own dataclasses, so nothing else depends on the SDK's types.
+Facts about the open-source 1.23 server this relies on are in shared/reference:
+`tasks.list(only_annotated=...)` is ignored (we filter instead), bulk annotation
+create 404s, the project's `model_version` must equal the predictions' version for
+uncertainty sampling to work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+from label_studio_sdk.core.request_options import RequestOptions
+from label_studio_sdk.label_interface import LabelInterface
+
+from loop.errors import LabelStudioError
+
+__all__ = [
+    "Annotation",
+    "Task",
+    "TaskPrediction",
+    "LabelStudioGateway",
+    "label_config",
+    "classes_from_config",
+    "IMAGE_FIELD",
+    "NAME_FIELD",
+    "CHOICE_TAG",
+    "IMAGE_TAG",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_FIELD = "image"  # task data key holding the image URL
+NAME_FIELD = "name"  # task data key holding the workspace image name
+CHOICE_TAG = "choice"
+IMAGE_TAG = "image"
+PAGE_SIZE = 500
+IMPORT_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Annotation:
+    id: int
+    task_id: int
+    label: str | None
+    was_cancelled: bool
+    updated_at: str
+    completed_by: str
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    image_name: str
+    image_url: str
+    updated_at: str
+    annotations: tuple[Annotation, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskPrediction:
+    task_id: int
+    label: str
+    score: float
+    model_version: str
+
+
+def label_config(classes: Sequence[str]) -> str:
+    choices = "\n    ".join(f'<Choice value="{c}"/>' for c in classes)
+    return (
+        "<View>\n"
+        f'  <Image name="{IMAGE_TAG}" value="${IMAGE_FIELD}" zoom="true"/>\n'
+        f'  <Choices name="{CHOICE_TAG}" toName="{IMAGE_TAG}" choice="single-radio" required="true">\n'
+        f"    {choices}\n"
+        "  </Choices>\n"
+        "</View>"
+    )
+
+
+def classes_from_config(config: str) -> list[str]:
+    """The choices of the config's Choices control (parsed by the SDK, not by hand)."""
+    interface = LabelInterface(config)
+    control = interface.get_control(CHOICE_TAG) if CHOICE_TAG in interface._controls else None
+    if control is None:
+        controls = [c for c in interface.controls if c.tag.lower() == "choices"]
+        if not controls:
+            raise LabelStudioError("the labeling config has no <Choices> control")
+        control = controls[0]
+    return list(control.labels)
+
+
+def _label_of(result: list[dict[str, Any]]) -> str | None:
+    for item in result or []:
+        if item.get("type") == "choices":
+            choices = item.get("value", {}).get("choices") or []
+            if choices:
+                return str(choices[0])
+    return None
+
+
+def _iso(value: Any) -> str:
+    """One timestamp format for cursors and annotation versions: UTC, microseconds, 'Z'."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(value or "")
+
+
+def _task(raw: dict[str, Any]) -> Task:
+    data = raw.get("data") or {}
+    annotations = tuple(
+        Annotation(
+            id=int(a["id"]),
+            task_id=int(raw["id"]),
+            label=_label_of(a.get("result") or []),
+            was_cancelled=bool(a.get("was_cancelled")),
+            updated_at=_iso(a.get("updated_at") or a.get("created_at")),
+            completed_by=str(a.get("completed_by") or ""),
+        )
+        for a in raw.get("annotations") or []
+    )
+    return Task(
+        id=int(raw["id"]),
+        image_name=str(data.get(NAME_FIELD, "")),
+        image_url=str(data.get(IMAGE_FIELD, "")),
+        updated_at=_iso(raw.get("updated_at")),
+        annotations=annotations,
+    )
+
+
+class LabelStudioGateway:
+    def __init__(self, url: str, api_key: str, *, timeout_s: float = 100.0):
+        if not api_key:
+            raise LabelStudioError(
+                "no Label Studio API key: set LABELLOOP_LABEL_STUDIO_API_KEY "
+                "(a legacy token or a personal access token)"
+            )
+        self.url = url.rstrip("/")
+        # Retries off: the SDK would re-send non-idempotent actions; we retry deliberately.
+        self._client = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout_s, max_retries=0)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            raise LabelStudioError(f"Label Studio refused to {what}: HTTP {exc.status_code} {exc.body}") from exc
+        except Exception as exc:  # httpx transport errors and friends
+            raise LabelStudioError(f"cannot {what}: Label Studio at {self.url} is unreachable ({exc})") from exc
+
+    def _raw(self, method: str, path: str, **kwargs) -> Any:
+        """Endpoints the SDK has no method for (e.g. /next/); auth handled by the SDK's client."""
+        def call():
+            response = self._client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
+            if response.status_code >= 400:
+                raise ApiError(status_code=response.status_code, body=response.text[:500], headers={})
+            return response.json() if response.content else None
+        return self._call(f"{method} {path}", call)
+
+    # --- projects ------------------------------------------------------------------
+    def find_project(self, title: str) -> int | None:
+        projects = self._call("list projects", lambda: list(self._client.projects.list(title=title)))
+        for project in projects:
+            if project.title == title:
+                return int(project.id)
+        return None
+
+    def ensure_project(self, title: str, classes: Sequence[str]) -> int:
+        """Find the project by title or create it with a config generated from the classes."""
+        found = self.find_project(title)
+        if found is not None:
+            return found
+        project = self._call(
+            "create the project",
+            self._client.projects.create,
+            title=title,
+            label_config=label_config(classes),
+            description="Managed by labelloop: labels flow into a DVC-tracked dataset.",
+            show_skip_button=True,
+            maximum_annotations=1,
+        )
+        log.info("created Label Studio project %s (id %s)", title, project.id)
+        return int(project.id)
+
+    def delete_project(self, title: str) -> bool:
+        found = self.find_project(title)
+        if found is None:
+            return False
+        self._call("delete the project", self._client.projects.delete, id=found)
+        return True
+
+    def project_classes(self, project_id: int) -> list[str]:
+        project = self._call("read the project", self._client.projects.get, id=project_id)
+        return classes_from_config(project.label_config)
+
+    def ensure_local_storage(self, project_id: int, path: Path) -> None:
+        """Local-file serving needs a storage covering the folder, else the images 404."""
+        storages = self._call(
+            "list local storages", self._client.import_storage.local.list, project=project_id
+        )
+        if any(Path(s.path or "") == path for s in storages):
+            return
+        self._call(
+            "create the local storage",
+            self._client.import_storage.local.create,
+            project=project_id,
+            path=str(path),
+            title="labelloop images",
+            use_blob_urls=True,
+        )
+
+    # --- tasks ---------------------------------------------------------------------
+    def _tasks(self, project_id: int, filters: list[dict[str, Any]] | None) -> list[Task]:
+        query = json.dumps({"filters": {"conjunction": "and", "items": filters}}) if filters else None
+        pager = self._call(
+            "list tasks",
+            self._client.tasks.list,
+            project=project_id,
+            query=query,
+            fields="all",
+            page_size=PAGE_SIZE,
+        )
+        return self._call("list tasks", lambda: [_task(t.model_dump()) for t in pager])
+
+    def all_tasks(self, project_id: int) -> list[Task]:
+        return self._tasks(project_id, None)
+
+    def tasks_updated_since(self, project_id: int, since: str | None) -> list[Task]:
+        """Tasks whose annotations changed at or after `since` (all annotated tasks if None)."""
+        items: list[dict[str, Any]] = []
+        if since:
+            items.append(
+                {"filter": "filter:tasks:updated_at", "operator": "greater_or_equal",
+                 "type": "Datetime", "value": since}
+            )
+        else:
+            items.append(
+                {"filter": "filter:tasks:total_annotations", "operator": "greater",
+                 "type": "Number", "value": 0}
+            )
+        return self._tasks(project_id, items)
+
+    def import_images(self, project_id: int, names: Iterable[str], url_prefix: str) -> int:
+        """Import images as tasks (skipping names already imported). Returns how many were new."""
+        existing = {t.image_name for t in self.all_tasks(project_id)}
+        new = [n for n in names if n not in existing]
+        for start in range(0, len(new), IMPORT_CHUNK):
+            chunk = new[start : start + IMPORT_CHUNK]
+            self._call(
+                "import tasks",
+                self._client.projects.import_tasks,
+                id=project_id,
+                request=[{IMAGE_FIELD: f"{url_prefix}{n}", NAME_FIELD: n} for n in chunk],
+            )
+        return len(new)
+
+    # --- predictions and queue -------------------------------------------------------
+    def push_predictions(self, project_id: int, predictions: Sequence[TaskPrediction]) -> int:
+        if not predictions:
+            return 0
+        payload = [
+            {
+                "task": p.task_id,
+                "model_version": p.model_version,
+                "score": float(p.score),
+                "result": [
+                    {"from_name": CHOICE_TAG, "to_name": IMAGE_TAG, "type": "choices",
+                     "value": {"choices": [p.label]}}
+                ],
+            }
+            for p in predictions
+        ]
+        for start in range(0, len(payload), IMPORT_CHUNK):
+            self._call(
+                "import predictions",
+                self._client.projects.import_predictions,
+                id=project_id,
+                request=payload[start : start + IMPORT_CHUNK],
+            )
+        return len(payload)
+
+    def align_queue(self, project_id: int, model_version: str) -> None:
+        """Serve the lowest prediction score first, from predictions of this model version."""
+        self._call(
+            "set the project's queue order",
+            self._client.projects.update,
+            id=project_id,
+            model_version=model_version,
+            sampling="Uncertainty sampling",
+        )
+
+    def connect_ml_backend(self, project_id: int, url: str, title: str) -> int:
+        """Connect the labelloop service as ML backend (Label Studio calls /health + /setup)."""
+        backends = self._call("list ML backends", self._client.ml.list, project=project_id)
+        for backend in backends:
+            if (backend.url or "").rstrip("/") == url.rstrip("/"):
+                return int(backend.id)
+        backend = self._call(
+            "connect the ML backend",
+            self._client.ml.create,
+            project=project_id,
+            url=url,
+            title=title,
+            is_interactive=False,
+        )
+        return int(backend.id)
+
+    # --- annotating (what a person does in the UI) -------------------------------------
+    def next_task(self, project_id: int) -> Task | None:
+        """The task Label Studio's queue hands an annotator next (None when done)."""
+        try:
+            raw = self._raw("GET", f"api/projects/{project_id}/next/")
+        except LabelStudioError as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
+        return _task(raw) if raw and raw.get("id") else None
+
+    def annotate(self, task_id: int, label: str, *, lead_time_s: float = 1.0) -> int:
+        result = [
+            {"from_name": CHOICE_TAG, "to_name": IMAGE_TAG, "type": "choices",
+             "value": {"choices": [label]}}
+        ]
+        annotation = self._call(
+            "create an annotation",
+            self._client.annotations.create,
+            id=task_id,
+            result=result,
+            lead_time=lead_time_s,
+        )
+        return int(annotation.id)
+
+    def update_annotation(self, annotation_id: int, label: str) -> None:
+        result = [
+            {"from_name": CHOICE_TAG, "to_name": IMAGE_TAG, "type": "choices",
+             "value": {"choices": [label]}}
+        ]
+        self._call("update an annotation", self._client.annotations.update, id=annotation_id, result=result)
+
+    def delete_annotation(self, annotation_id: int) -> None:
+        self._call("delete an annotation", self._client.annotations.delete, id=annotation_id)
+
+    def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
+        preds = self._call("list predictions", self._client.predictions.list, task=task_id)
+        return [p.model_dump() for p in preds]
+
+    def healthy(self) -> bool:
+        try:
+            self._raw("GET", "api/version")
+            return True
+        except LabelStudioError:
+            return False

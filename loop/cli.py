@@ -1,0 +1,203 @@
+"""The `labelloop` command: thin adapters over `Loop` (each parses, calls one method,
+returns an exit code). Errors map to exit codes in `main()`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from loop.core import Loop
+from loop.errors import LabelloopError
+from loop.settings import Settings
+
+app = typer.Typer(help="labelloop: an active-learning labeling loop.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+
+
+def _settings(**overrides) -> Settings:
+    return Settings.load(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    for noisy in ("httpx", "dvc", "apscheduler.executors.default", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances reached" is max_instances=1 working.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+
+
+@app.command()
+def init(
+    directory: Annotated[Optional[Path], typer.Argument(help="Workspace directory (default: settings)")] = None,
+    starter: Annotated[str, typer.Option(help="Starter dataset")] = "digits",
+    from_folder: Annotated[Optional[Path], typer.Option(help="Import <class>/*.png folders instead")] = None,
+    seed_per_class: int = 2,
+    test_fraction: float = 0.25,
+) -> None:
+    """Create the data workspace: git + DVC + remote, params.yaml, dvc.yaml, the dataset."""
+    loop = Loop(_settings(workspace=directory))
+    ws = loop.init(starter=starter, folder=from_folder, seed_per_class=seed_per_class,
+                   test_fraction=test_fraction)
+    console.print(f"workspace {ws.root}: {len(ws.events())} seed labels, "
+                  f"{len(ws.pool_images())} pool images, remote {loop.settings.remote_url}")
+
+
+@app.command()
+def connect() -> None:
+    """Create/find the Label Studio project, import the pool, connect the service."""
+    project = Loop(_settings()).connect()
+    console.print(f"Label Studio project {project} ready")
+
+
+@app.command()
+def collect(
+    full: Annotated[bool, typer.Option(help="Re-read every annotated task, not only recent ones")] = False,
+) -> None:
+    """Collect new/changed/deleted annotations into one DVC commit (and push)."""
+    result = Loop(_settings()).collect(full=full)
+    if result.commit:
+        console.print(f"batch {result.batch}: {result.upserts} upserts, {result.deletes} deletes "
+                      f"-> {result.commit[:10]} (pushed)")
+    else:
+        console.print("nothing new to collect")
+
+
+@app.command()
+def train() -> None:
+    """Train now on the workspace HEAD; promote if not worse than the serving model."""
+    run = Loop(_settings()).train(trigger="cli")
+    if run is None:
+        console.print("a training run is already in progress")
+        raise typer.Exit(1)
+    console.print(f"run {run.run_id}: {run.status} ({run.reason}) {run.model_tag or ''}")
+    if run.status == "failed":
+        raise typer.Exit(6)
+
+
+@app.command()
+def rescore() -> None:
+    """Re-score the unlabeled pool with the serving model and push the predictions."""
+    console.print(f"{Loop(_settings()).rescore()} predictions pushed")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Workspace, labels, serving model, training runs, errors."""
+    st = Loop(_settings()).status()
+    if as_json:
+        payload = asdict(st)
+        payload["serving"] = st.serving.model_dump() if st.serving else None
+        console.print_json(json.dumps(payload, default=str))
+        return
+    console.print(f"workspace      {st.workspace} @ {st.data_commit[:10]} (batch {st.label_batch})")
+    console.print(f"labels         {st.labels} ({st.labels_pending_training} since last training)")
+    console.print(f"last collect   {st.last_collect or 'never'}")
+    if st.serving:
+        console.print(f"promoted model {st.serving.tag} accuracy {st.serving.accuracy:.4f} "
+                      f"data {st.serving.data_commit[:10]} ({st.serving.n_labels} labels)")
+    console.print(f"service        {st.service_version or 'not reachable'}")
+    table = Table("run", "status", "trigger", "labels", "accuracy", "reason")
+    for r in st.runs:
+        table.add_row(r.run_id, r.status, r.trigger, str(r.n_labels or "-"),
+                      f"{r.accuracy:.4f}" if r.accuracy is not None else "-", r.reason)
+    console.print(table)
+    for job, error in st.errors.items():
+        console.print(f"[red]{job}: {error}[/]")
+
+
+@app.command()
+def up(
+    label_studio: Annotated[bool, typer.Option(help="Start Label Studio from its venv")] = True,
+) -> None:
+    """Start the stack (Label Studio, service, scheduler) and keep it running."""
+    from loop.scheduler import build_scheduler
+    from loop.stack import LabelStudioServer, ServiceServer
+
+    settings = _settings()
+    ls = None
+    if label_studio:
+        ls = LabelStudioServer(settings, settings.home / "label-studio")
+        console.print(f"starting Label Studio at {ls.url} ...")
+        ls.start()
+        settings = Settings.load(**{**settings.model_dump(), "label_studio_api_key": ls.token})
+    loop = Loop(settings)
+    service = ServiceServer(settings)
+    scheduler = None
+    try:
+        if not loop.workspace.exists():
+            loop.init(starter="digits")
+        if loop.status().serving is None:
+            console.print("training the first model ...")
+            loop.train(trigger="first model")
+        service.start()
+        loop.connect()
+        loop.rescore()
+        scheduler = build_scheduler(loop)
+        scheduler.start()
+        console.print(f"Label Studio  {settings.label_studio_url}  login {settings.label_studio_username}"
+                      " (password: LABELLOOP_LABEL_STUDIO_PASSWORD)")
+        console.print(f"Service       {service.url}")
+        console.print("Ctrl-C stops everything.")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        service.stop()
+        if ls is not None:
+            ls.stop()
+
+
+@app.command()
+def demo(
+    rounds: int = 3,
+    per_round: Annotated[int, typer.Option(help="Tasks the simulated annotator labels per round")] = 30,
+) -> None:
+    """The whole loop on the digits starter with a simulated annotator, then stop."""
+    from loop.demo import run_demo
+
+    run_demo(_settings(), rounds=rounds, per_round=per_round, console=console)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except LabelloopError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        return 130
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

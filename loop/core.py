@@ -1,0 +1,363 @@
+"""`Loop`: the one object that owns the work. CLI commands and scheduler jobs call it.
+
+collect   Label Studio annotations -> label shard -> one git commit -> dvc push
+train     data commit -> launcher (dvc repro) -> evaluation gate -> promotion record
+rescore   promoted model -> predictions for the unlabeled pool -> Label Studio queue order
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from filelock import FileLock
+
+from labeling import LabelStudioGateway, Task, TaskPrediction
+from loop.errors import ConfigError, LabelStudioError, WorkspaceError
+from loop.launcher import Launcher, TrainingRequest, make_launcher
+from loop.settings import Settings
+from loop.starter import digits_images, folder_images
+from loop.state import RunRecord, StateStore, utcnow
+from loop.workspace import Cursor, Workspace
+from pipelines.labels import LabelEvent, labels_by_image
+from pipelines.layout import IMAGES_DIR
+from serving import PredictionClient, PromotionRecord, drain_events, read_promotion, write_promotion
+
+__all__ = ["Loop", "CollectResult", "LoopStatus", "annotation_events"]
+
+log = logging.getLogger(__name__)
+
+CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # what the gateway's timestamps look like
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    events: int
+    upserts: int
+    deletes: int
+    commit: str | None
+    batch: int
+
+
+@dataclass(frozen=True)
+class LoopStatus:
+    workspace: str
+    data_commit: str
+    label_batch: int
+    labels: int
+    labels_pending_training: int
+    serving: PromotionRecord | None
+    service_version: str | None
+    runs: list[RunRecord]
+    last_collect: str | None
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def annotation_events(
+    tasks: Iterable[Task],
+    known: dict[int, LabelEvent],
+    known_by_task: dict[int, set[int]],
+    classes: set[str],
+) -> list[LabelEvent]:
+    """What changed in these tasks since the workspace last recorded them.
+
+    New or updated annotation -> upsert; an annotation the workspace holds that the task
+    no longer has, or that was cancelled (skipped) -> delete. Unchanged -> nothing, so
+    collecting the same tasks twice adds nothing (exactly once).
+    """
+    events: list[LabelEvent] = []
+    for task in tasks:
+        present: set[int] = set()
+        for ann in task.annotations:
+            usable = not ann.was_cancelled and ann.label is not None
+            if usable and ann.label not in classes:
+                log.warning("task %s annotation %s: label %r is not a class; ignored",
+                            task.id, ann.id, ann.label)
+                usable = False
+            if not usable:
+                continue
+            present.add(ann.id)
+            held = known.get(ann.id)
+            if held is None or held.annotation_updated_at != ann.updated_at or held.label != ann.label:
+                events.append(LabelEvent(
+                    image=task.image_name, label=ann.label, op="upsert", task_id=task.id,
+                    annotation_id=ann.id, annotation_updated_at=ann.updated_at,
+                    annotator=ann.completed_by,
+                ))
+        for gone in sorted(known_by_task.get(task.id, set()) - present):
+            held = known[gone]
+            events.append(LabelEvent(
+                image=held.image, label=held.label, op="delete", task_id=task.id,
+                annotation_id=gone, annotation_updated_at=task.updated_at, annotator=held.annotator,
+            ))
+    return events
+
+
+def _earlier(timestamp: str | None, seconds: float) -> str | None:
+    if not timestamp:
+        return None
+    moment = datetime.strptime(timestamp, CURSOR_FORMAT).replace(tzinfo=timezone.utc)
+    return (moment - timedelta(seconds=seconds)).strftime(CURSOR_FORMAT)
+
+
+class Loop:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        gateway: LabelStudioGateway | None = None,
+        launcher: Launcher | None = None,
+    ):
+        self.settings = settings
+        self.workspace = Workspace(settings.workspace)
+        self.state = StateStore(settings.state_db)
+        self.launcher = launcher or make_launcher(settings)
+        self._gateway = gateway
+        self._training = threading.Lock()
+        self._ws_lock = FileLock(str(settings.home / "workspace.lock"))
+
+    # --- collaborators ---------------------------------------------------------------
+    @property
+    def gateway(self) -> LabelStudioGateway:
+        if self._gateway is None:
+            key = self.settings.label_studio_api_key
+            if key is None:
+                raise ConfigError("set LABELLOOP_LABEL_STUDIO_API_KEY to talk to Label Studio")
+            self._gateway = LabelStudioGateway(self.settings.label_studio_url, key.get_secret_value())
+        return self._gateway
+
+    def _require_workspace(self) -> Workspace:
+        if not self.workspace.exists():
+            raise WorkspaceError(
+                f"no workspace at {self.workspace.root}: run `labelloop init {self.workspace.root}`"
+            )
+        return self.workspace
+
+    def project_id(self) -> int:
+        cached = self.state.get("project_id")
+        if cached:
+            return int(cached)
+        project = self.gateway.ensure_project(self.settings.project_title, self.workspace.classes())
+        self.state.put("project_id", str(project))
+        return project
+
+    # --- init and connect --------------------------------------------------------------
+    def init(
+        self, *, starter: str | None = "digits", folder: Path | None = None,
+        seed_per_class: int = 2, test_fraction: float = 0.25,
+    ) -> Workspace:
+        if folder is not None:
+            images = folder_images(folder)
+        elif starter == "digits":
+            images = digits_images()
+        else:
+            raise ConfigError("choose a dataset: --starter digits or --from-folder PATH")
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.workspace = Workspace.create(
+            self.settings.workspace, images=images, remote_url=self.settings.remote_url,
+            seed_per_class=seed_per_class, test_fraction=test_fraction,
+        )
+        return self.workspace
+
+    def connect(self) -> int:
+        """Project (created from the classes), local-file storage, pool tasks, ML backend."""
+        ws = self._require_workspace()
+        project = self.project_id()
+        images_dir = ws.root / IMAGES_DIR
+        try:
+            relative = images_dir.relative_to(self.settings.files_root)
+        except ValueError:
+            raise ConfigError(
+                f"{images_dir} is not under Label Studio's document root {self.settings.files_root}; "
+                "set LABELLOOP_LABEL_STUDIO_FILES_ROOT to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+            ) from None
+        self.gateway.ensure_local_storage(project, images_dir)
+        added = self.gateway.import_images(project, ws.pool_images(), f"/data/local-files/?d={relative}/")
+        log.info("project %s: %d new pool tasks imported", project, added)
+        if PredictionClient(self.settings.resolved_service_url).health() is not None:
+            self.gateway.connect_ml_backend(project, self.settings.resolved_service_url, "labelloop")
+        return project
+
+    # --- collect -------------------------------------------------------------------------
+    def collect(self, *, full: bool = False) -> CollectResult:
+        """New/changed/deleted annotations -> one shard -> one commit -> dvc push.
+
+        Label Studio commits concurrent saves in any order, so a task can appear with an
+        `updated_at` older than one already seen. The query therefore reaches back
+        `collect_overlap_s` before the cursor; what was already recorded is recognised by
+        annotation id and version and not collected again. `full` re-reads every
+        annotated task (catches deletions that did not touch a task's `updated_at`).
+        """
+        ws = self._require_workspace()
+        with self._ws_lock:
+            ws.discard_uncommitted_labels()
+            self._push_if_needed()
+            cursor = ws.cursor()
+            since = None if full else _earlier(cursor.updated_at, self.settings.collect_overlap_s)
+            tasks = self.gateway.tasks_updated_since(self.project_id(), since)
+            events = annotation_events(
+                tasks, ws.known_annotations(), ws.annotations_by_task(), set(ws.classes())
+            )
+            self.state.put("last_collect", utcnow())
+            if not events:
+                return CollectResult(0, 0, 0, None, cursor.batch)
+            newest = max([t.updated_at for t in tasks] + [cursor.updated_at or ""])
+            new_cursor = Cursor(batch=cursor.batch + 1, updated_at=newest)
+            commit = ws.commit_labels(events, new_cursor)
+            self._push_if_needed()
+        upserts = sum(e.op == "upsert" for e in events)
+        log.info("collected batch %d: %d upserts, %d deletes -> %s",
+                 new_cursor.batch, upserts, len(events) - upserts, commit[:10])
+        return CollectResult(len(events), upserts, len(events) - upserts, commit, new_cursor.batch)
+
+    def _push_if_needed(self) -> None:
+        head = self.workspace.head()
+        if self.state.get("pushed_commit") == head:
+            return
+        self.workspace.push()
+        self.state.put("pushed_commit", head)
+
+    # --- train and promote -------------------------------------------------------------
+    def labels_pending_training(self) -> int:
+        """Label events collected after the data of the last finished run (failed ones too:
+        a failed run is retried when new labels arrive or on request, not in a hot loop)."""
+        last = self.state.last_finished_run()
+        return self.workspace.labels_in_batches_after(last.label_batch if last else 0)
+
+    def training_requested(self) -> bool:
+        return self.state.get("training_requested") == "1"
+
+    def retrain_if_due(self) -> RunRecord | None:
+        """The retrain policy: enough new labels since the last run, or a request."""
+        self._require_workspace()
+        pending = self.labels_pending_training()
+        requested = self.training_requested()
+        never_trained = read_promotion(self.settings.promotion_file) is None and not self.state.runs(1)
+        if pending >= self.settings.retrain_min_new_labels or requested or never_trained:
+            trigger = "requested" if requested else "first model" if never_trained else f"{pending} new labels"
+            return self.train(trigger=trigger)
+        return None
+
+    def train(self, *, trigger: str = "manual", progress: Progress | None = None) -> RunRecord | None:
+        """One training run; promote if not worse than the serving model. None if one is running."""
+        ws = self._require_workspace()
+        if not self._training.acquire(blocking=False):
+            log.info("a training run is already in progress")
+            return None
+        try:
+            self.state.put("training_requested", "0")
+            with self._ws_lock:
+                self._push_if_needed()
+                commit, batch = ws.head(), ws.cursor().batch
+            run_id = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{commit[:7]}"
+            self.state.start_run(run_id, commit, batch, trigger)
+            result = self.launcher.run(TrainingRequest(run_id, str(ws.root), commit))
+            if not result.succeeded:
+                self.state.finish_run(run_id, "failed", result.error or "unknown error")
+                log.error("training run %s failed: %s", run_id, result.error)
+                return self._run(run_id)
+            serving = read_promotion(self.settings.promotion_file)
+            if serving is not None and result.accuracy < serving.accuracy:
+                reason = f"accuracy {result.accuracy:.4f} < serving {serving.accuracy:.4f}"
+                self.state.finish_run(run_id, "rejected", reason, model_tag=result.model_tag,
+                                      accuracy=result.accuracy, n_labels=result.n_labels)
+                log.info("run %s rejected: %s", run_id, reason)
+                return self._run(run_id)
+            write_promotion(self.settings.promotion_file, PromotionRecord(
+                tag=result.model_tag, accuracy=result.accuracy, data_commit=commit,
+                n_labels=result.n_labels, run_id=run_id,
+            ))
+            reason = "first model" if serving is None else f"accuracy {result.accuracy:.4f} >= {serving.accuracy:.4f}"
+            self.state.finish_run(run_id, "promoted", reason, model_tag=result.model_tag,
+                                  accuracy=result.accuracy, n_labels=result.n_labels)
+            log.info("run %s promoted %s (%s)", run_id, result.model_tag, reason)
+        finally:
+            self._training.release()
+        try:
+            self.rescore(result.model_tag, progress=progress)
+        except (LabelStudioError, ConfigError) as exc:
+            log.warning("promoted, but the pool was not re-scored: %s", exc)
+            self.state.put("error:rescore", str(exc))
+        return self._run(run_id)
+
+    def _run(self, run_id: str) -> RunRecord:
+        return next(r for r in self.state.runs(100) if r.run_id == run_id)
+
+    # --- re-score the pool ---------------------------------------------------------------
+    def rescore(self, tag: str | None = None, *, progress: Progress | None = None) -> int:
+        """Predictions of the serving model for every unlabeled task, pushed in bulk;
+        then the queue serves the lowest score (most informative) first."""
+        ws = self._require_workspace()
+        record = read_promotion(self.settings.promotion_file)
+        tag = tag or (record.tag if record else None)
+        if tag is None:
+            return 0
+        client = PredictionClient(self.settings.resolved_service_url)
+        if client.health() is None:
+            log.warning("service %s is not running; pool not re-scored", client.url)
+            return 0
+        if not client.wait_for_version(tag, timeout_s=120):
+            log.warning("service did not switch to %s in time; pool not re-scored", tag)
+            return 0
+        project = self.project_id()
+        tasks = [t for t in self.gateway.all_tasks(project) if not t.annotations]
+        tasks = [t for t in tasks if ws.image_path(t.image_name).exists()]
+        done = 0
+
+        def on_batch(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress("re-scoring pool", done, len(tasks))
+
+        preds = client.classify_files([ws.image_path(t.image_name) for t in tasks], on_batch=on_batch)
+        stale = {p.model_version for p in preds} - {tag}
+        if stale:  # the service swapped again mid-way: the next promotion re-scores
+            log.warning("pool scored partly by %s; skipping push", stale)
+            return 0
+        pushed = self.gateway.push_predictions(project, [
+            TaskPrediction(task_id=t.id, label=p.label, score=p.score, model_version=p.model_version)
+            for t, p in zip(tasks, preds, strict=True)
+        ])
+        self.gateway.align_queue(project, tag)
+        self.state.put("rescored", f"{tag} {pushed}")
+        return pushed
+
+    # --- events from the service's webhook -------------------------------------------------
+    def process_events(self) -> bool:
+        """Drain webhook events. Returns True when annotations changed (collect soon)."""
+        annotations_changed = False
+        for event in drain_events(self.settings.events_dir):
+            action = str(event.get("action", ""))
+            if action == "START_TRAINING":
+                self.state.put("training_requested", "1")
+            elif action.startswith("ANNOTATION"):
+                annotations_changed = True
+        return annotations_changed
+
+    # --- status ----------------------------------------------------------------------
+    def status(self) -> LoopStatus:
+        ws = self._require_workspace()
+        labels = len(labels_by_image(ws.events()))
+        errors = {}
+        for name in ("collect", "retrain", "rescore"):
+            value = self.state.get(f"error:{name}")
+            if value:
+                errors[name] = value
+        return LoopStatus(
+            workspace=str(ws.root),
+            data_commit=ws.head(),
+            label_batch=ws.cursor().batch,
+            labels=labels,
+            labels_pending_training=self.labels_pending_training(),
+            serving=read_promotion(self.settings.promotion_file),
+            service_version=PredictionClient(self.settings.resolved_service_url).serving_version(),
+            runs=self.state.runs(10),
+            last_collect=self.state.get("last_collect"),
+            errors=errors,
+        )

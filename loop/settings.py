@@ -1,0 +1,167 @@
+"""The one settings object of labelloop.
+
+Every ``LABELLOOP_*`` environment variable is declared here and nowhere else.
+Values come from (highest first): keyword arguments, environment, ``labelloop.yaml``
+in the current directory (or the file named by ``LABELLOOP_CONFIG``), defaults.
+Build it once (`Settings.load()`) and pass it down.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "CONFIG_FILE_ENV"]
+
+#: Names the YAML config file; read only inside `Settings.load`.
+CONFIG_FILE_ENV = "LABELLOOP_CONFIG"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LABELLOOP_",
+        extra="ignore",
+        yaml_file="labelloop.yaml",
+    )
+
+    # --- where things live -------------------------------------------------------
+    home: Path = Field(
+        default=Path(".labelloop"),
+        description="State directory: BentoML model store, loop state, logs, run dirs.",
+    )
+    workspace: Path = Field(
+        default=Path("workspace"), description="The git+DVC data workspace the loop manages."
+    )
+    dvc_remote: str = Field(
+        default="",
+        description="Any DVC remote URL (s3://..., /path). Empty: <home>/dvc-remote.",
+    )
+
+    # --- Label Studio ------------------------------------------------------------
+    label_studio_url: str = "http://127.0.0.1:8080"
+    label_studio_api_key: SecretStr | None = Field(
+        default=None, description="Legacy token or personal access token."
+    )
+    label_studio_username: str = "admin@labelloop.local"
+    label_studio_password: SecretStr = SecretStr("labelloop-admin")
+    label_studio_venv: Path = Field(
+        default=Path(".venv-labelstudio"),
+        description="Venv holding label-studio (started by `labelloop up`/`demo`).",
+    )
+    project_title: str = "labelloop"
+    label_studio_files_root: Path | None = Field(
+        default=None,
+        description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT. Empty: the workspace.",
+    )
+
+    # --- serving -----------------------------------------------------------------
+    service_host: str = "127.0.0.1"
+    service_port: int = 3000
+    service_url: str = Field(
+        default="",
+        description="How Label Studio and the loop reach the service. Empty: from host/port.",
+    )
+    model_poll_interval_s: float = 1.0
+
+    # --- the loop ----------------------------------------------------------------
+    collect_interval_s: float = 30.0
+    collect_overlap_s: float = Field(
+        default=300.0, ge=0,
+        description="How far before the cursor each collect looks again (out-of-order saves).",
+    )
+    retrain_interval_s: float = 30.0
+    retrain_min_new_labels: int = Field(default=20, ge=1)
+    query_strategy: Literal["margin"] = "margin"
+    launcher: Literal["local"] = "local"
+    rescore_batch_size: int = Field(default=256, ge=1)
+    training_timeout_s: float = 1800.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get(CONFIG_FILE_ENV, "labelloop.yaml")
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file),
+            file_secret_settings,
+        )
+
+    @classmethod
+    def load(cls, **overrides: object) -> "Settings":
+        """Read the settings once; relative paths become absolute (processes change cwd)."""
+        settings = cls(**overrides)
+        return settings.model_copy(
+            update={
+                "home": settings.home.expanduser().resolve(),
+                "workspace": settings.workspace.expanduser().resolve(),
+                "label_studio_venv": settings.label_studio_venv.expanduser().resolve(),
+            }
+        )
+
+    # --- derived locations ---------------------------------------------------------
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    @property
+    def promotion_file(self) -> Path:
+        """The model-promotion record the service watches."""
+        return self.home / "promotion.json"
+
+    @property
+    def state_db(self) -> Path:
+        return self.home / "state.db"
+
+    @property
+    def events_dir(self) -> Path:
+        """Spool of Label Studio webhook events, written by the service, read by the loop."""
+        return self.home / "events"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def files_root(self) -> Path:
+        return (self.label_studio_files_root or self.workspace).expanduser().resolve()
+
+    @property
+    def remote_url(self) -> str:
+        return self.dvc_remote or str(self.home / "dvc-remote")
+
+    @property
+    def resolved_service_url(self) -> str:
+        return self.service_url or f"http://{self.service_host}:{self.service_port}"
+
+    def child_env(self) -> dict[str, str]:
+        """Environment for processes labelloop spawns (pipeline, service): the same
+        settings, passed on as LABELLOOP_* variables, plus the BentoML model store."""
+        env = dict(os.environ)
+        for name, value in self.model_dump().items():
+            if value is None:
+                env.pop(f"LABELLOOP_{name.upper()}", None)
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"LABELLOOP_{name.upper()}"] = str(value)
+        env["BENTOML_HOME"] = str(self.bentoml_home)
+        env.setdefault("KERAS_BACKEND", "tensorflow")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+        return env

@@ -1,0 +1,114 @@
+"""The loop's own state (runs, counters) in SQLite, safe to read while the scheduler writes."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+__all__ = ["RunRecord", "StateStore", "utcnow"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,          -- running | promoted | rejected | failed
+    reason TEXT NOT NULL DEFAULT '',
+    trigger TEXT NOT NULL DEFAULT '',
+    data_commit TEXT NOT NULL,
+    label_batch INTEGER NOT NULL,
+    n_labels INTEGER,
+    model_tag TEXT,
+    accuracy REAL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    status: str
+    reason: str
+    trigger: str
+    data_commit: str
+    label_batch: int
+    n_labels: int | None
+    model_tag: str | None
+    accuracy: float | None
+    started_at: str
+    finished_at: str | None
+
+
+class StateStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self):
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def get(self, key: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, key: str, value: str) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+    def start_run(self, run_id: str, data_commit: str, label_batch: int, trigger: str) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, status, trigger, data_commit, label_batch, started_at) "
+                "VALUES (?, 'running', ?, ?, ?, ?)",
+                (run_id, trigger, data_commit, label_batch, utcnow()),
+            )
+
+    def finish_run(
+        self, run_id: str, status: str, reason: str, *,
+        model_tag: str | None = None, accuracy: float | None = None, n_labels: int | None = None,
+    ) -> None:
+        with self._db() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, reason = ?, model_tag = ?, accuracy = ?, n_labels = ?, "
+                "finished_at = ? WHERE run_id = ?",
+                (status, reason, model_tag, accuracy, n_labels, utcnow(), run_id),
+            )
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(RunRecord.__dataclass_fields__)} FROM runs "
+                "ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [RunRecord(*row) for row in rows]
+
+    def last_finished_run(self) -> RunRecord | None:
+        return next((r for r in self.runs(100) if r.status != "running"), None)
+
+    def fail_interrupted_runs(self) -> int:
+        """Runs left 'running' by a killed scheduler: mark failed so a new one can start."""
+        with self._db() as db:
+            cur = db.execute(
+                "UPDATE runs SET status = 'failed', reason = 'interrupted (scheduler stopped)', "
+                "finished_at = ? WHERE status = 'running'",
+                (utcnow(),),
+            )
+            return cur.rowcount

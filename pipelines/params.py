@@ -1,0 +1,42 @@
+"""Typed view of the workspace's params.yaml (training hyperparameters live there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Params", "DataParams", "TrainParams", "RegisterParams", "load_params"]
+
+
+class DataParams(BaseModel):
+    classes: list[str]
+    image_size: int = Field(default=8, ge=1)
+
+
+class TrainParams(BaseModel):
+    epochs: int = Field(default=60, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    learning_rate: float = Field(default=0.003, gt=0)
+    seed: int = 0
+
+
+class RegisterParams(BaseModel):
+    model_name: str = "labelloop-classifier"
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    data: DataParams
+    train: TrainParams = TrainParams()
+    # "register" is the stage's name in params.yaml; it would shadow ABCMeta.register.
+    registration: RegisterParams = Field(default=RegisterParams(), alias="register")
+
+    def dump(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.model_dump(by_alias=True), sort_keys=False))
+
+
+def load_params(path: Path) -> Params:
+    return Params.model_validate(yaml.safe_load(path.read_text()))

@@ -1,0 +1,67 @@
+"""Stage `register`: put the trained model in the BentoML model store with its lineage.
+
+The store is the one named by BENTOML_HOME (labelloop sets it to <home>/bentoml).
+Registration does not promote: the loop's evaluation gate decides that.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.labels import labels_by_image, read_events
+from pipelines.layout import LABELS_DIR, METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
+from pipelines.params import Params, load_params
+
+__all__ = ["Registration", "register", "MODEL_FILENAME"]
+
+MODEL_FILENAME = "model.keras"
+
+
+@dataclass(frozen=True)
+class Registration:
+    tag: str
+    data_commit: str
+    accuracy: float
+    n_labels: int
+
+
+def _data_commit(root: Path) -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def register(params: Params, root: Path, model_path: Path, metrics_path: Path, out: Path) -> Registration:
+    import bentoml
+
+    metrics = json.loads(metrics_path.read_text())
+    n_labels = len(labels_by_image(read_events(root / LABELS_DIR)))
+    data_commit = _data_commit(root)
+    metadata = {
+        "data_commit": data_commit,
+        "classes": params.data.classes,
+        "image_size": params.data.image_size,
+        "params": params.model_dump(by_alias=True),
+        "metrics": metrics,
+        "n_labels": n_labels,
+    }
+    with bentoml.models.create(
+        params.registration.model_name,
+        labels={"framework": "keras", "project": "labelloop"},
+        metadata=metadata,
+    ) as model:
+        shutil.copyfile(model_path, Path(model.path) / MODEL_FILENAME)
+    registration = Registration(str(model.tag), data_commit, float(metrics["accuracy"]), n_labels)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(registration.__dict__, indent=2) + "\n")
+    return registration
+
+
+if __name__ == "__main__":
+    r = register(load_params(PARAMS_FILE), Path("."), MODEL_FILE, METRICS_FILE, REGISTERED_FILE)
+    print(f"register: {r.tag} (data {r.data_commit[:10]}, {r.n_labels} labels, accuracy {r.accuracy:.4f})")

@@ -1,0 +1,58 @@
+"""A small HTTP client for the labelloop service (used by the loop to re-score the pool)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+
+from serving.protocol import ImagePrediction
+
+__all__ = ["PredictionClient", "CLIENT_BATCH"]
+
+#: The service's max_batch_size: one request never holds more images than one batch.
+CLIENT_BATCH = 64
+
+
+class PredictionClient:
+    def __init__(self, url: str, *, timeout_s: float = 60.0):
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
+
+    def health(self) -> dict | None:
+        try:
+            response = self._http.get("/health", timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    def serving_version(self) -> str | None:
+        health = self.health()
+        return health.get("model_version") if health else None
+
+    def wait_for_version(self, tag: str, timeout_s: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.serving_version() == tag:
+                return True
+            time.sleep(0.25)
+        return False
+
+    def classify_files(
+        self, paths: Sequence[Path], *, on_batch: Callable[[int], None] | None = None
+    ) -> list[ImagePrediction]:
+        out: list[ImagePrediction] = []
+        for start in range(0, len(paths), CLIENT_BATCH):
+            chunk = paths[start : start + CLIENT_BATCH]
+            files = [("images", (p.name, p.read_bytes(), "image/png")) for p in chunk]
+            response = self._http.post("/classify", files=files)
+            response.raise_for_status()
+            out += [ImagePrediction.model_validate(item) for item in response.json()]
+            if on_batch:
+                on_batch(len(chunk))
+        return out
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,136 @@
+"""The one inference core behind both the client API and the Label Studio backend.
+
+`ModelSlot` holds the current model. A background thread watches the promotion record;
+a new tag is loaded beside the old model and then swapped in with one reference
+assignment, so a request always runs on one complete model and reports its version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from loop.errors import NoModelError
+from pipelines.images import preprocess
+from pipelines.strategies import QueryStrategy
+from serving.promotion import PromotionRecord, read_promotion
+
+__all__ = ["LoadedModel", "ModelSlot", "Scored", "load_model"]
+
+log = logging.getLogger(__name__)
+
+MODEL_FILENAME = "model.keras"
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Outputs for a batch of images, all from one model version."""
+
+    version: str
+    classes: list[str]
+    probabilities: np.ndarray  # (n, n_classes)
+    scores: np.ndarray  # query-strategy score per image; lower = label first
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.classes[i] for i in np.argmax(self.probabilities, axis=1)]
+
+
+@dataclass
+class LoadedModel:
+    tag: str
+    classes: list[str]
+    image_size: int
+    keras_model: object
+    metadata: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        batch = preprocess(images, self.image_size)
+        with self._lock:  # one forward pass at a time per model; Keras models aren't re-entrant
+            out = self.keras_model(batch, training=False)
+        return np.asarray(out, dtype=np.float64)
+
+
+def load_model(tag: str) -> LoadedModel:
+    import bentoml
+    import keras
+
+    stored = bentoml.models.get(tag)
+    keras_model = keras.saving.load_model(Path(stored.path) / MODEL_FILENAME)
+    meta = dict(stored.info.metadata)
+    return LoadedModel(
+        tag=str(stored.tag),
+        classes=[str(c) for c in meta["classes"]],
+        image_size=int(meta["image_size"]),
+        keras_model=keras_model,
+        metadata=meta,
+    )
+
+
+class ModelSlot:
+    def __init__(self, promotion_file: Path, strategy: QueryStrategy, poll_interval_s: float = 1.0):
+        self._promotion_file = promotion_file
+        self._strategy = strategy
+        self._poll_interval_s = poll_interval_s
+        self._current: LoadedModel | None = None
+        self._record: PromotionRecord | None = None
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    @property
+    def record(self) -> PromotionRecord | None:
+        return self._record
+
+    def require(self) -> LoadedModel:
+        model = self._current
+        if model is None:
+            raise NoModelError(
+                "no model has been promoted yet: run `labelloop train` (or wait for the loop)"
+            )
+        return model
+
+    def refresh(self) -> bool:
+        """Load the promoted model if it changed. Returns True when a swap happened."""
+        with self._refresh_lock:
+            record = read_promotion(self._promotion_file)
+            if record is None or (self._current and self._current.tag == record.tag):
+                return False
+            new_model = load_model(record.tag)  # loaded beside the old one
+            old = self._current
+            self._current, self._record = new_model, record  # the swap: one assignment
+            log.info("serving model %s (was %s)", new_model.tag, old.tag if old else "none")
+            return True
+
+    def start_watching(self) -> None:
+        def watch() -> None:
+            while not self._stop.wait(self._poll_interval_s):
+                try:
+                    self.refresh()
+                except Exception:  # a bad record must not kill the watcher
+                    log.exception("could not load the promoted model; keeping the current one")
+
+        self._watcher = threading.Thread(target=watch, name="model-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def score(self, images: Sequence[Image.Image]) -> Scored:
+        model = self.require()
+        probs = model.predict_proba(images)
+        scores = self._strategy.score(probs) if len(probs) else np.zeros(0)
+        return Scored(model.tag, model.classes, probs, scores)

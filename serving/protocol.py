@@ -1,0 +1,75 @@
+"""The Label Studio ML-backend contract as typed models.
+
+Field names are the JSON keys Label Studio 1.23 sends (see shared/reference).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "SetupRequest", "SetupResponse", "LSTask", "PredictRequest", "ChoiceResult",
+    "TaskResult", "PredictResponse", "WebhookAccepted", "ImagePrediction",
+]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SetupRequest(_Lenient):
+    project: str = ""
+    schema_: str = Field(default="", alias="schema")
+    hostname: str = ""
+    access_token: str = ""
+    extra_params: dict[str, Any] | None = None
+
+
+class SetupResponse(BaseModel):
+    model_version: str
+
+
+class LSTask(_Lenient):
+    id: int
+    data: dict[str, Any] = {}
+
+
+class PredictRequest(_Lenient):
+    tasks: list[LSTask]
+    project: str = ""
+    label_config: str = ""
+    params: dict[str, Any] | None = None
+
+
+class ChoiceResult(BaseModel):
+    from_name: str
+    to_name: str
+    type: str = "choices"
+    value: dict[str, list[str]]
+
+
+class TaskResult(BaseModel):
+    result: list[ChoiceResult]
+    score: float
+    model_version: str
+
+
+class PredictResponse(BaseModel):
+    results: list[TaskResult]
+
+
+class WebhookAccepted(BaseModel):
+    status: str = "queued"
+    action: str
+
+
+class ImagePrediction(BaseModel):
+    """What a client gets for one image."""
+
+    label: str
+    probabilities: dict[str, float]
+    score: float = Field(description="Query-strategy score; lower = more useful to label")
+    strategy: str
+    model_version: str

@@ -1,0 +1,51 @@
+from labeling import Annotation, Task
+from loop.core import annotation_events
+from pipelines.labels import LabelEvent
+
+CLASSES = {"0", "1", "2"}
+
+
+def task(tid, *anns, name=None, updated="2026-01-01T00:00:09Z"):
+    return Task(id=tid, image_name=name or f"img-{tid}.png", image_url="", updated_at=updated,
+                annotations=tuple(anns))
+
+
+def a(aid, tid, label, at="2026-01-01T00:00:00Z", cancelled=False):
+    return Annotation(id=aid, task_id=tid, label=label, was_cancelled=cancelled, updated_at=at,
+                      completed_by="7")
+
+
+def known(aid, tid, label, at="2026-01-01T00:00:00Z"):
+    return LabelEvent(image=f"img-{tid}.png", label=label, task_id=tid, annotation_id=aid,
+                      annotation_updated_at=at, annotator="7")
+
+
+def test_new_annotation_is_an_upsert():
+    events = annotation_events([task(1, a(10, 1, "2"))], {}, {}, CLASSES)
+    assert [(e.op, e.annotation_id, e.label, e.image) for e in events] == [("upsert", 10, "2", "img-1.png")]
+
+
+def test_unchanged_annotation_is_not_collected_twice():
+    k = {10: known(10, 1, "2")}
+    assert annotation_events([task(1, a(10, 1, "2"))], k, {1: {10}}, CLASSES) == []
+
+
+def test_updated_annotation_is_a_new_version():
+    k = {10: known(10, 1, "2")}
+    events = annotation_events([task(1, a(10, 1, "1", at="2026-01-02T00:00:00Z"))], k, {1: {10}}, CLASSES)
+    assert [(e.op, e.label, e.annotation_updated_at) for e in events] == [("upsert", "1", "2026-01-02T00:00:00Z")]
+
+
+def test_deleted_and_cancelled_annotations_are_deletes():
+    k = {10: known(10, 1, "2"), 11: known(11, 2, "0")}
+    tasks = [task(1), task(2, a(11, 2, None, cancelled=True))]
+    events = annotation_events(tasks, k, {1: {10}, 2: {11}}, CLASSES)
+    assert sorted((e.op, e.annotation_id) for e in events) == [("delete", 10), ("delete", 11)]
+
+
+def test_skipped_task_never_seen_before_is_ignored():
+    assert annotation_events([task(3, a(12, 3, None, cancelled=True))], {}, {}, CLASSES) == []
+
+
+def test_label_outside_the_classes_is_not_a_label():
+    assert annotation_events([task(4, a(13, 4, "cat"))], {}, {}, CLASSES) == []
