@@ -22,6 +22,8 @@ from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.core.request_options import RequestOptions
 from label_studio_sdk.label_interface import LabelInterface
 
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
 from loop.errors import LabelStudioError
 
 __all__ = [
@@ -136,6 +138,21 @@ def _task(raw: dict[str, Any]) -> Task:
     )
 
 
+def _transient(exc: BaseException) -> bool:
+    """Worth retrying: unreachable, or a 5xx (SQLite's "database is locked" under load)."""
+    text = str(exc)
+    return isinstance(exc, LabelStudioError) and ("unreachable" in text or "HTTP 5" in text)
+
+
+#: For reads only: a retried write could be applied twice.
+_retry_transient = retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(5),
+    wait=wait_exponential(multiplier=0.5, max=8),
+    reraise=True,
+)
+
+
 class LabelStudioGateway:
     def __init__(self, url: str, api_key: str, *, timeout_s: float = 100.0):
         if not api_key:
@@ -155,8 +172,10 @@ class LabelStudioGateway:
         except Exception as exc:  # httpx transport errors and friends
             raise LabelStudioError(f"cannot {what}: Label Studio at {self.url} is unreachable ({exc})") from exc
 
+    @_retry_transient
     def _raw(self, method: str, path: str, **kwargs) -> Any:
-        """Endpoints the SDK has no method for (e.g. /next/); auth handled by the SDK's client."""
+        """Endpoints the SDK has no method for (e.g. /next/); auth handled by the SDK's client.
+        Only GETs go through here, so retrying them is safe."""
         def call():
             response = self._client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
             if response.status_code >= 400:
@@ -217,6 +236,7 @@ class LabelStudioGateway:
         )
 
     # --- tasks ---------------------------------------------------------------------
+    @_retry_transient
     def _tasks(self, project_id: int, filters: list[dict[str, Any]] | None) -> list[Task]:
         query = json.dumps({"filters": {"conjunction": "and", "items": filters}}) if filters else None
         pager = self._call(
@@ -233,19 +253,32 @@ class LabelStudioGateway:
         return self._tasks(project_id, None)
 
     def tasks_updated_since(self, project_id: int, since: str | None) -> list[Task]:
-        """Tasks whose annotations changed at or after `since` (all annotated tasks if None)."""
-        items: list[dict[str, Any]] = []
+        """Annotated tasks updated at or after `since` (every annotated task if None).
+
+        Tasks whose last annotation was deleted have no annotations left and are not
+        listed: fetch those by id (`tasks_by_id`)."""
+        items: list[dict[str, Any]] = [
+            {"filter": "filter:tasks:total_annotations", "operator": "greater",
+             "type": "Number", "value": 0}
+        ]
         if since:
             items.append(
                 {"filter": "filter:tasks:updated_at", "operator": "greater_or_equal",
                  "type": "Datetime", "value": since}
             )
-        else:
-            items.append(
-                {"filter": "filter:tasks:total_annotations", "operator": "greater",
-                 "type": "Number", "value": 0}
-            )
         return self._tasks(project_id, items)
+
+    def tasks_by_id(self, task_ids: Iterable[int]) -> list[Task]:
+        tasks = []
+        for task_id in task_ids:
+            try:
+                raw = self._raw("GET", f"api/tasks/{task_id}/")
+            except LabelStudioError as exc:
+                if "HTTP 404" in str(exc):
+                    continue  # the task itself is gone
+                raise
+            tasks.append(_task(raw))
+        return tasks
 
     def import_images(self, project_id: int, names: Iterable[str], url_prefix: str) -> int:
         """Import images as tasks (skipping names already imported). Returns how many were new."""

@@ -181,7 +181,8 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode=False click returns a typer.Exit's code instead of raising.
+        returned = app(args=argv, standalone_mode=False)
     except LabelloopError as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}")
         return exc.exit_code
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return returned if isinstance(returned, int) else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ rescore   promoted model -> predictions for the unlabeled pool -> Label Studio q
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -167,7 +168,8 @@ class Loop:
     def connect(self) -> int:
         """Project (created from the classes), local-file storage, pool tasks, ML backend."""
         ws = self._require_workspace()
-        project = self.project_id()
+        project = self.gateway.ensure_project(self.settings.project_title, ws.classes())
+        self.state.put("project_id", str(project))
         images_dir = ws.root / IMAGES_DIR
         try:
             relative = images_dir.relative_to(self.settings.files_root)
@@ -194,26 +196,48 @@ class Loop:
         annotated task (catches deletions that did not touch a task's `updated_at`).
         """
         ws = self._require_workspace()
+        self.process_events()
         with self._ws_lock:
             ws.discard_uncommitted_labels()
             self._push_if_needed()
             cursor = ws.cursor()
+            full = full or self._full_collect_due()
             since = None if full else _earlier(cursor.updated_at, self.settings.collect_overlap_s)
             tasks = self.gateway.tasks_updated_since(self.project_id(), since)
-            events = annotation_events(
-                tasks, ws.known_annotations(), ws.annotations_by_task(), set(ws.classes())
-            )
+            known, by_task = ws.known_annotations(), ws.annotations_by_task()
+            # Tasks whose annotations were deleted (webhook) or, in a full pass, every task
+            # the workspace holds labels for that Label Studio no longer lists as annotated.
+            recheck = {known[a].task_id for a in self._deleted_annotation_ids() if a in known}
+            if full:
+                recheck |= set(by_task)
+            recheck -= {t.id for t in tasks}
+            tasks += self.gateway.tasks_by_id(sorted(t for t in recheck if t is not None))
+            events = annotation_events(tasks, known, by_task, set(ws.classes()))
             self.state.put("last_collect", utcnow())
+            if full:
+                self.state.put("last_full_collect", utcnow())
             if not events:
+                self.state.put("deleted_annotations", "[]")
                 return CollectResult(0, 0, 0, None, cursor.batch)
             newest = max([t.updated_at for t in tasks] + [cursor.updated_at or ""])
             new_cursor = Cursor(batch=cursor.batch + 1, updated_at=newest)
             commit = ws.commit_labels(events, new_cursor)
+            self.state.put("deleted_annotations", "[]")
             self._push_if_needed()
         upserts = sum(e.op == "upsert" for e in events)
         log.info("collected batch %d: %d upserts, %d deletes -> %s",
                  new_cursor.batch, upserts, len(events) - upserts, commit[:10])
         return CollectResult(len(events), upserts, len(events) - upserts, commit, new_cursor.batch)
+
+    def _deleted_annotation_ids(self) -> set[int]:
+        return set(json.loads(self.state.get("deleted_annotations") or "[]"))
+
+    def _full_collect_due(self) -> bool:
+        last = self.state.get("last_full_collect")
+        if not last:
+            return True
+        age = datetime.now(timezone.utc) - datetime.fromisoformat(last)
+        return age.total_seconds() >= self.settings.collect_full_interval_s
 
     def _push_if_needed(self) -> None:
         head = self.workspace.head()
@@ -243,8 +267,11 @@ class Loop:
             return self.train(trigger=trigger)
         return None
 
-    def train(self, *, trigger: str = "manual", progress: Progress | None = None) -> RunRecord | None:
-        """One training run; promote if not worse than the serving model. None if one is running."""
+    def train(
+        self, *, trigger: str = "manual", rescore: bool = True, progress: Progress | None = None,
+    ) -> RunRecord | None:
+        """One training run; promote if not worse than the serving model, then re-score
+        the pool (unless `rescore` is False). None if a run is already in progress."""
         ws = self._require_workspace()
         if not self._training.acquire(blocking=False):
             log.info("a training run is already in progress")
@@ -278,6 +305,8 @@ class Loop:
             log.info("run %s promoted %s (%s)", run_id, result.model_tag, reason)
         finally:
             self._training.release()
+        if not rescore:
+            return self._run(run_id)
         try:
             self.rescore(result.model_tag, progress=progress)
         except (LabelStudioError, ConfigError) as exc:
@@ -338,6 +367,10 @@ class Loop:
                 self.state.put("training_requested", "1")
             elif action.startswith("ANNOTATION"):
                 annotations_changed = True
+                if action == "ANNOTATIONS_DELETED":
+                    ids = {int(a["id"]) for a in event.get("annotations") or [] if "id" in a}
+                    pending = self._deleted_annotation_ids() | ids
+                    self.state.put("deleted_annotations", json.dumps(sorted(pending)))
         return annotations_changed
 
     # --- status ----------------------------------------------------------------------

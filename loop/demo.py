@@ -79,11 +79,14 @@ def simulate_annotator(gateway: LabelStudioGateway, project: int, truth: dict[st
 
 
 def _wait_for_run(loop: Loop, min_labels: int, timeout_s: float) -> RunRecord:
+    """The run that covers `min_labels`, once its predictions are in Label Studio's queue."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for run in loop.state.runs(5):
             if run.status != "running" and (run.n_labels or 0) >= min_labels:
-                return run
+                rescored = (loop.state.get("rescored") or "").startswith(f"{run.model_tag} ")
+                if run.status != "promoted" or rescored:
+                    return run
             if run.status == "failed" and run.finished_at:
                 raise LabelloopError(f"training run {run.run_id} failed: {run.reason}")
         time.sleep(1.0)
@@ -120,7 +123,7 @@ def run_demo(
         service = ServiceServer(settings)  # with the Label Studio token in its settings
         service.start(wait=False)
         say("training model v1 on the seed labels (dvc repro in a training job)")
-        first = loop.train(trigger="initial")
+        first = loop.train(trigger="initial", rescore=False)  # the project comes next
         if first is None or first.status != "promoted":
             raise LabelloopError(f"initial training failed: {first.reason if first else 'busy'}")
         rows.append(RoundRow(0, first.n_labels or 0, first.accuracy, first.model_tag or "",

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         default=300.0, ge=0,
         description="How far before the cursor each collect looks again (out-of-order saves).",
     )
+    collect_full_interval_s: float = Field(
+        default=3600.0, gt=0,
+        description="How often a collect re-reads every annotated task (missed webhooks).",
+    )
     retrain_interval_s: float = 30.0
     retrain_min_new_labels: int = Field(default=20, ge=1)
     query_strategy: Literal["margin"] = "margin"

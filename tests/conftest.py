@@ -1,0 +1,63 @@
+"""Shared fixtures: ONE real Label Studio server per test session (its own venv), real
+`bentoml serve` processes, real git+DVC workspaces with a local remote. No fixed ports."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from loop.settings import Settings
+from loop.stack import LabelStudioServer, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+LS_VENV = Path(os.environ.get("LABELLOOP_LABEL_STUDIO_VENV", REPO / ".venv-labelstudio"))
+
+
+@pytest.fixture(scope="session")
+def files_root(tmp_path_factory) -> Path:
+    """Label Studio's local-files document root: every workspace a test makes lives here."""
+    return tmp_path_factory.mktemp("files")
+
+
+def make_settings(home: Path, workspace: Path, **overrides) -> Settings:
+    values = {
+        "home": home,
+        "workspace": workspace,
+        "label_studio_venv": LS_VENV,
+        "service_port": free_port(),
+        "collect_overlap_s": 300.0,
+    }
+    values.update(overrides)
+    return Settings.load(**values)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory, files_root) -> LabelStudioServer:
+    base = tmp_path_factory.mktemp("label-studio")
+    settings = make_settings(
+        base / "home", base / "unused",
+        label_studio_url=f"http://127.0.0.1:{free_port()}",
+        label_studio_api_key=secrets.token_hex(16),
+        label_studio_files_root=files_root,
+    )
+    server = LabelStudioServer(settings, base / "data").start(timeout_s=400)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ls_settings(label_studio, files_root, tmp_path):
+    """Settings for one test: its own home, a workspace under the document root, the shared server."""
+    def build(name: str, **overrides) -> Settings:
+        return make_settings(
+            tmp_path / "home", files_root / name / "workspace",
+            label_studio_url=label_studio.url,
+            label_studio_api_key=label_studio.token,
+            label_studio_files_root=files_root,
+            project_title=f"labelloop-{name}",
+            **overrides,
+        )
+    return build

@@ -1,0 +1,102 @@
+"""One full turn of the loop against a REAL Label Studio server, a REAL `bentoml serve`
+and a real git+DVC workspace with a local remote."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from loop.core import Loop
+from loop.demo import simulate_annotator
+from loop.stack import ServiceServer
+from loop.starter import digits_truth
+from pipelines.labels import current_annotations, labels_by_image, read_events
+from serving import PredictionClient
+
+pytestmark = pytest.mark.e2e
+
+
+def labels_from_remote(workspace_root: Path, scratch: Path) -> list:
+    """Rebuild the label events from what was PUSHED: a fresh clone, a fresh cache,
+    `dvc pull` from the remote. Nothing local to the workspace is trusted."""
+    from dvc.repo import Repo
+
+    clone = scratch / "verify"
+    subprocess.run(["git", "clone", "-q", str(workspace_root), str(clone)], check=True)
+    with Repo(str(clone)) as repo:
+        with repo.config.edit("local") as conf:
+            conf["core"]["site_cache_dir"] = str(scratch / "verify-site")
+            conf["cache"]["dir"] = str(scratch / "verify-cache")
+        repo.pull(targets=[str(clone / "data/labels")], recursive=True)
+    return read_events(clone / "data/labels")
+
+
+def test_one_full_loop_turn(ls_settings, tmp_path):
+    settings = ls_settings("e2e", retrain_min_new_labels=30)
+    loop = Loop(settings)
+    loop.init(starter="digits")
+    first = loop.train(trigger="initial", rescore=False)
+    assert first is not None and first.status == "promoted"
+
+    with ServiceServer(settings).start(timeout_s=240) as service:
+        project = loop.connect()
+        gateway = loop.gateway
+        assert loop.rescore() == len(loop.workspace.pool_images())
+
+        # The annotator works the queue Label Studio hands out, answering from ground truth.
+        truth = digits_truth()
+        labeled = simulate_annotator(gateway, project, truth, 32)
+        assert len(labeled) == 32 and len(set(labeled)) == 32
+        loop.collect()
+
+        # A relabel and a deletion, then collect again (and once more: nothing new).
+        annotated = [t for t in gateway.tasks_updated_since(project, None) if t.annotations]
+        relabeled, deleted = annotated[0], annotated[1]
+        wrong = "1" if truth[relabeled.image_name] != "1" else "2"
+        gateway.update_annotation(relabeled.annotations[0].id, wrong)
+        gateway.delete_annotation(deleted.annotations[0].id)
+        second = loop.collect()
+        assert second.upserts == 1 and second.deletes == 1
+        assert loop.collect().commit is None  # exactly once: nothing collected twice
+
+        # Everything Label Studio holds is in the PUSHED DVC data, exactly once.
+        in_label_studio = {
+            a.id: (t.image_name, a.label)
+            for t in gateway.tasks_updated_since(project, None) for a in t.annotations
+            if not a.was_cancelled
+        }
+        assert len(in_label_studio) == 31
+        events = labels_from_remote(loop.workspace.root, tmp_path)
+        pushed = {e.annotation_id: (e.image, e.label)
+                  for e in current_annotations(events).values() if e.annotation_id is not None}
+        assert pushed == in_label_studio
+        ids = [e.annotation_id for e in current_annotations(events).values() if e.annotation_id]
+        assert len(ids) == len(set(ids)) == 31
+        assert labels_by_image(events)[relabeled.image_name] == wrong
+        assert deleted.image_name not in labels_by_image(events)
+
+        # The retrain policy fires (31 new labels >= 30): train, gate, promote, re-score.
+        run = loop.retrain_if_due()
+        assert run is not None and run.status == "promoted", run
+        assert run.model_tag != first.model_tag and run.n_labels == 20 + 31
+        assert run.data_commit == loop.workspace.head()
+
+        # The running service answers with the new version (no restart)...
+        client = PredictionClient(service.url)
+        assert client.serving_version() == run.model_tag
+        answer = client.classify_files([loop.workspace.image_path(loop.workspace.pool_images()[0])])
+        assert answer[0].model_version == run.model_tag
+
+        # ...and Label Studio holds predictions of the new version; its queue follows them.
+        unlabeled = [t for t in gateway.all_tasks(project) if not t.annotations]
+        preds = gateway.task_predictions(unlabeled[0].id)
+        assert run.model_tag in {p["model_version"] for p in preds}
+        nxt = gateway.next_task(project)
+        assert nxt is not None and not nxt.annotations
+        newest = {p["model_version"]: p["score"] for p in gateway.task_predictions(nxt.id)}
+        assert run.model_tag in newest
+
+    status = loop.status()
+    assert status.serving.tag == run.model_tag and status.labels == 20 + 31

@@ -1,0 +1,42 @@
+from unittest import mock
+
+import pytest
+
+from loop import cli
+from loop.core import CollectResult, Loop
+from loop.errors import LabelStudioError
+
+
+@pytest.fixture
+def loop_cls():
+    with mock.patch.object(cli, "Loop", autospec=True) as patched:
+        yield patched
+
+
+def test_collect_calls_loop_collect_once(loop_cls):
+    loop_cls.return_value.collect.return_value = CollectResult(3, 2, 1, "abcdef1234", 4)
+    assert cli.main(["collect"]) == 0
+    loop_cls.return_value.collect.assert_called_once_with(full=False)
+
+
+def test_collect_full_flag(loop_cls):
+    loop_cls.return_value.collect.return_value = CollectResult(0, 0, 0, None, 4)
+    assert cli.main(["collect", "--full"]) == 0
+    loop_cls.return_value.collect.assert_called_once_with(full=True)
+
+
+def test_labelloop_errors_become_exit_codes(loop_cls, capsys):
+    loop_cls.return_value.collect.side_effect = LabelStudioError("Label Studio at x is unreachable")
+    assert cli.main(["collect"]) == LabelStudioError.exit_code
+    assert "unreachable" in capsys.readouterr().err
+
+
+def test_train_busy_is_exit_1(loop_cls):
+    loop_cls.return_value.train.return_value = None
+    assert cli.main(["train"]) == 1
+    loop_cls.return_value.train.assert_called_once_with(trigger="cli")
+
+
+def test_loop_signature_matches_what_cli_calls():
+    # autospec above would not catch a renamed keyword if the CLI and Loop drifted together
+    assert "full" in Loop.collect.__code__.co_varnames

@@ -1,0 +1,22 @@
+from pydantic import SecretStr
+
+from loop.settings import Settings
+
+
+def test_env_prefix_and_yaml_file(tmp_path, monkeypatch):
+    (tmp_path / "labelloop.yaml").write_text("retrain_min_new_labels: 7\nproject_title: from-yaml\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LABELLOOP_PROJECT_TITLE", "from-env")
+    settings = Settings.load()
+    assert settings.retrain_min_new_labels == 7  # yaml
+    assert settings.project_title == "from-env"  # env beats yaml
+    assert settings.home == (tmp_path / ".labelloop").resolve()  # made absolute once
+
+
+def test_secrets_never_show_in_repr_but_reach_child_processes(tmp_path):
+    settings = Settings.load(home=tmp_path, label_studio_api_key=SecretStr("s3cr3t-token"))
+    assert "s3cr3t-token" not in repr(settings)
+    env = settings.child_env()
+    assert env["LABELLOOP_LABEL_STUDIO_API_KEY"] == "s3cr3t-token"
+    assert env["BENTOML_HOME"] == str(tmp_path / "bentoml")
+    assert settings.remote_url == str(tmp_path / "dvc-remote")
