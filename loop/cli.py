@@ -128,24 +128,29 @@ def up(
     """Start the stack (Label Studio, service, scheduler) and keep it running."""
     from loop.scheduler import build_scheduler
     from loop.stack import LabelStudioServer, ServiceServer
+    from serving import read_promotion
 
     settings = _settings()
     ls = None
     if label_studio:
         ls = LabelStudioServer(settings, settings.home / "label-studio")
         console.print(f"starting Label Studio at {ls.url} ...")
-        ls.start()
+        ls.start(wait=False)
         settings = Settings.load(**{**settings.model_dump(), "label_studio_api_key": ls.token})
     loop = Loop(settings)
     service = ServiceServer(settings)
     scheduler = None
     try:
         if not loop.workspace.exists():
+            console.print(f"creating a digits workspace at {loop.workspace.root} ...")
             loop.init(starter="digits")
-        if loop.status().serving is None:
+        service.start(wait=False)  # it loads whatever gets promoted
+        if read_promotion(settings.promotion_file) is None:
             console.print("training the first model ...")
-            loop.train(trigger="first model")
-        service.start()
+            loop.train(trigger="first model", rescore=False)
+        if ls is not None:
+            ls.wait_ready()
+        service.wait_ready()
         loop.connect()
         loop.rescore()
         scheduler = build_scheduler(loop)

@@ -13,10 +13,10 @@ Both paths run on one inference core (`ModelSlot`). Routes:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI, HTTPException
-from PIL import Image as PILImage
 
 from loop.errors import BadInputError, LabelloopError, NoModelError
 from loop.settings import Settings
@@ -69,10 +69,13 @@ class Labelloop:
 
     # --- client API ------------------------------------------------------------------
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=20)
-    def classify(self, images: list[PILImage.Image]) -> list[ImagePrediction]:
-        """Label, class probabilities, query-strategy score and model version per image."""
+    def classify(self, images: list[Path]) -> list[ImagePrediction]:
+        """Label, class probabilities, query-strategy score and model version per image.
+
+        Images arrive as uploaded files and are decoded here, not by BentoML, so that a
+        file that is not an image is a 400 with a reason instead of a 500."""
         try:
-            scored = self.models.score([decode_image(i) for i in images])
+            scored = self.models.score([decode_image(Path(i)) for i in images])
         except NoModelError as exc:
             raise bentoml.exceptions.ServiceUnavailable(str(exc)) from exc
         except BadInputError as exc:

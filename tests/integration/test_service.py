@@ -92,7 +92,9 @@ def test_label_studio_predict_one_result_per_task_in_order(promoted, trained):
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == 3
-    assert results[0] == results[2] and results[0]["result"][0]["value"]["choices"][0] in "0123456789"
+    assert results[0]["result"] == results[2]["result"]  # same image, same answer
+    assert results[0]["score"] == pytest.approx(results[2]["score"], abs=1e-6)
+    assert results[0]["result"][0]["value"]["choices"][0] in "0123456789"
     assert results[1]["result"] == []  # no prediction for the broken task, the others still get one
     assert {res["model_version"] for res in results} == {run.model_tag}
 
