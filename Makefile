@@ -22,10 +22,14 @@ $(UV):
 
 # The project venv, exactly as locked, byte-compiled once (PYTHONDONTWRITEBYTECODE=1 is
 # set on these machines: without .pyc files every process pays 15-19 s of imports).
-$(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
+$(VENV)/.installed: requirements.lock | $(UV)
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(UV) pip sync --quiet --python $(VENV)/bin/python --compile-bytecode requirements.lock
+	touch $@
+
+# labelloop itself, editable (its console script and package metadata).
+$(VENV)/.project: pyproject.toml $(VENV)/.installed
 	$(UV) pip install --quiet --python $(VENV)/bin/python --no-deps --compile-bytecode -e .
 	touch $@
 
@@ -36,7 +40,7 @@ $(LS_VENV)/.installed: requirements-labelstudio.lock | $(UV)
 	$(UV) pip sync --quiet --python $(LS_VENV)/bin/python --compile-bytecode requirements-labelstudio.lock
 	touch $@
 
-venvs: $(VENV)/.installed $(LS_VENV)/.installed
+venvs: $(VENV)/.project $(LS_VENV)/.installed
 
 demo: venvs
 	$(VENV)/bin/labelloop demo

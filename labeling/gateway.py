@@ -109,6 +109,12 @@ def _label_of(result: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _choice_result(label: str) -> list[dict[str, Any]]:
+    """A prediction's or annotation's result for the generated labeling config."""
+    return [{"from_name": CHOICE_TAG, "to_name": IMAGE_TAG, "type": "choices",
+             "value": {"choices": [label]}}]
+
+
 def _iso(value: Any) -> str:
     """One timestamp format for cursors and annotation versions: UTC, microseconds, 'Z'."""
     if isinstance(value, datetime):
@@ -173,15 +179,17 @@ class LabelStudioGateway:
             raise LabelStudioError(f"cannot {what}: Label Studio at {self.url} is unreachable ({exc})") from exc
 
     @_retry_transient
-    def _raw(self, method: str, path: str, **kwargs) -> Any:
-        """Endpoints the SDK has no method for (e.g. /next/); auth handled by the SDK's client.
-        Only GETs go through here, so retrying them is safe."""
+    def _get(self, path: str) -> Any:
+        """GET an endpoint the SDK has no method for (e.g. /next/); None on 404.
+        Auth is the SDK client's (legacy or personal access token); GETs are safe to retry."""
         def call():
-            response = self._client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
+            response = self._client._client_wrapper.httpx_client.request(path, method="GET")
+            if response.status_code == 404:
+                return None
             if response.status_code >= 400:
                 raise ApiError(status_code=response.status_code, body=response.text[:500], headers={})
             return response.json() if response.content else None
-        return self._call(f"{method} {path}", call)
+        return self._call(f"GET {path}", call)
 
     # --- projects ------------------------------------------------------------------
     def find_project(self, title: str) -> int | None:
@@ -271,13 +279,9 @@ class LabelStudioGateway:
     def tasks_by_id(self, task_ids: Iterable[int]) -> list[Task]:
         tasks = []
         for task_id in task_ids:
-            try:
-                raw = self._raw("GET", f"api/tasks/{task_id}/")
-            except LabelStudioError as exc:
-                if "HTTP 404" in str(exc):
-                    continue  # the task itself is gone
-                raise
-            tasks.append(_task(raw))
+            raw = self._get(f"api/tasks/{task_id}/")
+            if raw is not None:  # None: the task itself is gone
+                tasks.append(_task(raw))
         return tasks
 
     def import_images(self, project_id: int, names: Iterable[str], url_prefix: str) -> int:
@@ -303,10 +307,7 @@ class LabelStudioGateway:
                 "task": p.task_id,
                 "model_version": p.model_version,
                 "score": float(p.score),
-                "result": [
-                    {"from_name": CHOICE_TAG, "to_name": IMAGE_TAG, "type": "choices",
-                     "value": {"choices": [p.label]}}
-                ],
+                "result": _choice_result(p.label),
             }
             for p in predictions
         ]
@@ -348,34 +349,22 @@ class LabelStudioGateway:
     # --- annotating (what a person does in the UI) -------------------------------------
     def next_task(self, project_id: int) -> Task | None:
         """The task Label Studio's queue hands an annotator next (None when done)."""
-        try:
-            raw = self._raw("GET", f"api/projects/{project_id}/next/")
-        except LabelStudioError as exc:
-            if "HTTP 404" in str(exc):
-                return None
-            raise
+        raw = self._get(f"api/projects/{project_id}/next/")
         return _task(raw) if raw and raw.get("id") else None
 
     def annotate(self, task_id: int, label: str, *, lead_time_s: float = 1.0) -> int:
-        result = [
-            {"from_name": CHOICE_TAG, "to_name": IMAGE_TAG, "type": "choices",
-             "value": {"choices": [label]}}
-        ]
         annotation = self._call(
             "create an annotation",
             self._client.annotations.create,
             id=task_id,
-            result=result,
+            result=_choice_result(label),
             lead_time=lead_time_s,
         )
         return int(annotation.id)
 
     def update_annotation(self, annotation_id: int, label: str) -> None:
-        result = [
-            {"from_name": CHOICE_TAG, "to_name": IMAGE_TAG, "type": "choices",
-             "value": {"choices": [label]}}
-        ]
-        self._call("update an annotation", self._client.annotations.update, id=annotation_id, result=result)
+        self._call("update an annotation", self._client.annotations.update, id=annotation_id,
+                   result=_choice_result(label))
 
     def delete_annotation(self, annotation_id: int) -> None:
         self._call("delete an annotation", self._client.annotations.delete, id=annotation_id)
@@ -386,7 +375,7 @@ class LabelStudioGateway:
 
     def healthy(self) -> bool:
         try:
-            self._raw("GET", "api/version")
+            self._get("api/version")
             return True
         except LabelStudioError:
             return False

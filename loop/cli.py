@@ -18,7 +18,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from loop.core import Loop
-from loop.errors import LabelloopError
+from loop.errors import LabelloopError, TrainingError
 from loop.settings import Settings
 
 app = typer.Typer(help="labelloop: an active-learning labeling loop.", no_args_is_help=True,
@@ -87,7 +87,7 @@ def train() -> None:
         raise typer.Exit(1)
     console.print(f"run {run.run_id}: {run.status} ({run.reason}) {run.model_tag or ''}")
     if run.status == "failed":
-        raise typer.Exit(6)
+        raise typer.Exit(TrainingError.exit_code)
 
 
 @app.command()

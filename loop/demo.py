@@ -154,7 +154,7 @@ def run_demo(
                 time.perf_counter() - round_start,
             ))
             say(f"round {round_no}: run {run.run_id} {run.status}: accuracy {run.accuracy:.4f}")
-        console.print(_table(rows))
+        console.print(_table(rows), width=max(console.width, 110))
         console.print(f"Label Studio: {ls.url}  (login {settings.label_studio_username})")
         console.print(f"Service:      {service.url}  (OpenAPI at {service.url}/docs)")
         console.print(f"Workspace:    {settings.workspace}  (git log; dvc metrics show)")

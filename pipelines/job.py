@@ -62,6 +62,8 @@ def run_job(run_id: str, source: str, commit: str, workdir: Path, cache_dir: Pat
             conf["core"]["site_cache_dir"] = str(repo_dir / ".dvc" / "tmp" / "site-cache")
             if cache_dir is not None:
                 conf["cache"]["dir"] = str(cache_dir)
+                # A shared local cache: link the data instead of copying thousands of files.
+                conf["cache"]["type"] = "hardlink,copy"
     _step("dvc pull")
     with Repo(str(repo_dir)) as repo:
         repo.pull(allow_missing=True)
