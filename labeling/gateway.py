@@ -90,13 +90,11 @@ def label_config(classes: Sequence[str]) -> str:
 
 def classes_from_config(config: str) -> list[str]:
     """The choices of the config's Choices control (parsed by the SDK, not by hand)."""
-    interface = LabelInterface(config)
-    control = interface.get_control(CHOICE_TAG) if CHOICE_TAG in interface._controls else None
-    if control is None:
-        controls = [c for c in interface.controls if c.tag.lower() == "choices"]
-        if not controls:
-            raise LabelStudioError("the labeling config has no <Choices> control")
-        control = controls[0]
+    controls = [c for c in LabelInterface(config).controls if c.tag.lower() == "choices"]
+    if not controls:
+        raise LabelStudioError("the labeling config has no <Choices> control")
+    by_name = {c.name: c for c in controls}
+    control = by_name.get(CHOICE_TAG, controls[0])
     return list(control.labels)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -281,7 +282,7 @@ class Loop:
             with self._ws_lock:
                 self._push_if_needed()
                 commit, batch = ws.head(), ws.cursor().batch
-            run_id = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{commit[:7]}"
+            run_id = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{commit[:7]}-{secrets.token_hex(2)}"
             self.state.start_run(run_id, commit, batch, trigger)
             result = self.launcher.run(TrainingRequest(run_id, str(ws.root), commit))
             if not result.succeeded:

@@ -49,3 +49,9 @@ def test_skipped_task_never_seen_before_is_ignored():
 
 def test_label_outside_the_classes_is_not_a_label():
     assert annotation_events([task(4, a(13, 4, "cat"))], {}, {}, CLASSES) == []
+
+
+def test_generated_label_config_round_trips_through_the_sdk_parser():
+    from labeling import classes_from_config, label_config
+
+    assert classes_from_config(label_config(["cat", "dog", "7"])) == ["cat", "dog", "7"]
