@@ -133,7 +133,7 @@ def up(
     settings = _settings()
     ls = None
     if label_studio:
-        ls = LabelStudioServer(settings, settings.home / "label-studio")
+        ls = LabelStudioServer(settings, settings.label_studio_token_file.parent)
         console.print(f"starting Label Studio at {ls.url} ...")
         ls.start(wait=False)
         settings = Settings.load(**{**settings.model_dump(), "label_studio_api_key": ls.token})

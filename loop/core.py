@@ -127,10 +127,10 @@ class Loop:
     @property
     def gateway(self) -> LabelStudioGateway:
         if self._gateway is None:
-            key = self.settings.label_studio_api_key
-            if key is None:
+            token = self.settings.label_studio_token()
+            if token is None:
                 raise ConfigError("set LABELLOOP_LABEL_STUDIO_API_KEY to talk to Label Studio")
-            self._gateway = LabelStudioGateway(self.settings.label_studio_url, key.get_secret_value())
+            self._gateway = LabelStudioGateway(self.settings.label_studio_url, token)
         return self._gateway
 
     def _require_workspace(self) -> Workspace:

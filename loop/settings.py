@@ -142,6 +142,19 @@ class Settings(BaseSettings):
         return self.home / "runs"
 
     @property
+    def label_studio_token_file(self) -> Path:
+        """Where `labelloop up`/`demo` keep the token of the Label Studio they manage (0600)."""
+        return self.home / "label-studio" / "labelloop-token"
+
+    def label_studio_token(self) -> str | None:
+        """The configured API key, else the token of the Label Studio labelloop manages."""
+        if self.label_studio_api_key is not None:
+            return self.label_studio_api_key.get_secret_value()
+        if self.label_studio_token_file.exists():
+            return self.label_studio_token_file.read_text().strip()
+        return None
+
+    @property
     def files_root(self) -> Path:
         return (self.label_studio_files_root or self.workspace).expanduser().resolve()
 

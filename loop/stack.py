@@ -96,8 +96,9 @@ class LabelStudioServer(ManagedProcess):
         self.token = self._token()
 
     def _token(self) -> str:
-        """The admin's legacy token: configured, or made once per data dir (Label Studio
-        only applies it when it first creates the user)."""
+        """The admin's legacy token: configured, or made once and kept in the data dir
+        (Label Studio only applies it when it first creates the user). `up` keeps its data
+        dir at `settings.label_studio_token_file`'s folder, so later CLI calls find it."""
         if self.settings.label_studio_api_key is not None:
             return self.settings.label_studio_api_key.get_secret_value()
         path = self.data_dir / "labelloop-token"

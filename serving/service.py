@@ -61,8 +61,7 @@ class Labelloop:
         except Exception:
             log.exception("could not load the promoted model at start; waiting for a promotion")
         self.models.start_watching()
-        key = self.settings.label_studio_api_key
-        self.fetcher = ImageFetcher(self.settings.label_studio_url, key.get_secret_value() if key else None)
+        self.fetcher = ImageFetcher(self.settings.label_studio_url, self.settings.label_studio_token())
 
     def __is_ready__(self) -> bool:
         return self.models.current is not None

@@ -20,3 +20,13 @@ def test_secrets_never_show_in_repr_but_reach_child_processes(tmp_path):
     assert env["LABELLOOP_LABEL_STUDIO_API_KEY"] == "s3cr3t-token"
     assert env["BENTOML_HOME"] == str(tmp_path / "bentoml")
     assert settings.remote_url == str(tmp_path / "dvc-remote")
+
+
+def test_token_of_the_managed_label_studio_is_found_without_configuration(tmp_path):
+    settings = Settings.load(home=tmp_path)
+    assert settings.label_studio_token() is None
+    settings.label_studio_token_file.parent.mkdir(parents=True)
+    settings.label_studio_token_file.write_text("managed-token\n")
+    assert settings.label_studio_token() == "managed-token"
+    configured = Settings.load(home=tmp_path, label_studio_api_key=SecretStr("configured"))
+    assert configured.label_studio_token() == "configured"
