@@ -243,20 +243,28 @@ class LabelStudioGateway:
 
     # --- tasks ---------------------------------------------------------------------
     @_retry_transient
-    def _tasks(self, project_id: int, filters: list[dict[str, Any]] | None) -> list[Task]:
+    def _tasks(
+        self, project_id: int, filters: list[dict[str, Any]] | None, *, with_annotations: bool = True,
+    ) -> list[Task]:
+        """`with_annotations=False` asks for task rows only: no annotations and no
+        predictions, a fraction of the payload on a scored pool."""
         query = json.dumps({"filters": {"conjunction": "and", "items": filters}}) if filters else None
         pager = self._call(
             "list tasks",
             self._client.tasks.list,
             project=project_id,
             query=query,
-            fields="all",
+            fields="all" if with_annotations else "task_only",
             page_size=PAGE_SIZE,
         )
         return self._call("list tasks", lambda: [_task(t.model_dump()) for t in pager])
 
     def all_tasks(self, project_id: int) -> list[Task]:
         return self._tasks(project_id, None)
+
+    def task_images(self, project_id: int) -> dict[int, str]:
+        """Every task's id and image name (task rows only: no annotations, no predictions)."""
+        return {t.id: t.image_name for t in self._tasks(project_id, None, with_annotations=False)}
 
     def tasks_updated_since(self, project_id: int, since: str | None) -> list[Task]:
         """Annotated tasks updated at or after `since` (every annotated task if None).
@@ -282,19 +290,26 @@ class LabelStudioGateway:
                 tasks.append(_task(raw))
         return tasks
 
-    def import_images(self, project_id: int, names: Iterable[str], url_prefix: str) -> int:
-        """Import images as tasks (skipping names already imported). Returns how many were new."""
-        existing = {t.image_name for t in self.all_tasks(project_id)}
+    def import_images(self, project_id: int, names: Iterable[str], url_prefix: str) -> dict[int, str]:
+        """Import images as tasks, skipping names already imported.
+        Returns every task of the project: {task id: image name}."""
+        tasks = self.task_images(project_id)
+        existing = set(tasks.values())
         new = [n for n in names if n not in existing]
         for start in range(0, len(new), IMPORT_CHUNK):
             chunk = new[start : start + IMPORT_CHUNK]
-            self._call(
+            response = self._call(
                 "import tasks",
                 self._client.projects.import_tasks,
                 id=project_id,
                 request=[{IMAGE_FIELD: f"{url_prefix}{n}", NAME_FIELD: n} for n in chunk],
+                return_task_ids=True,
             )
-        return len(new)
+            ids = getattr(response, "task_ids", None)
+            if ids is None or len(ids) != len(chunk):
+                return self.task_images(project_id)  # an edition that does not say: ask
+            tasks.update(zip(map(int, ids), chunk, strict=True))
+        return tasks
 
     # --- predictions and queue -------------------------------------------------------
     def push_predictions(self, project_id: int, predictions: Sequence[TaskPrediction]) -> int:

@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -180,8 +181,10 @@ class Loop:
                 "set LABELLOOP_LABEL_STUDIO_FILES_ROOT to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
             ) from None
         self.gateway.ensure_local_storage(project, images_dir)
-        added = self.gateway.import_images(project, ws.pool_images(), f"/data/local-files/?d={relative}/")
-        log.info("project %s: %d new pool tasks imported", project, added)
+        before = len(self.state.tasks())
+        tasks = self.gateway.import_images(project, ws.pool_images(), f"/data/local-files/?d={relative}/")
+        self.state.set_tasks(tasks)
+        log.info("project %s: %d pool tasks (%d new)", project, len(tasks), max(len(tasks) - before, 0))
         if PredictionClient(self.settings.resolved_service_url).health() is not None:
             self.gateway.connect_ml_backend(project, self.settings.resolved_service_url, "labelloop")
         return project
@@ -334,9 +337,16 @@ class Loop:
         if not client.wait_for_version(tag, timeout_s=120):
             log.warning("service did not switch to %s in time; pool not re-scored", tag)
             return 0
+        started = time.perf_counter()
         project = self.project_id()
-        tasks = [t for t in self.gateway.all_tasks(project) if not t.annotations]
-        tasks = [t for t in tasks if ws.image_path(t.image_name).exists()]
+        # Unlabeled = the project's tasks minus those the workspace holds labels for. Our own
+        # task map: listing 10k tasks from Label Studio costs seconds per thousand.
+        task_images = self.state.tasks() or self.gateway.task_images(project)
+        labeled = set(ws.annotations_by_task())
+        tasks = [
+            (task_id, name) for task_id, name in sorted(task_images.items())
+            if task_id not in labeled and ws.image_path(name).exists()
+        ]
         done = 0
 
         def on_batch(n: int) -> None:
@@ -345,17 +355,18 @@ class Loop:
             if progress:
                 progress("re-scoring pool", done, len(tasks))
 
-        preds = client.classify_files([ws.image_path(t.image_name) for t in tasks], on_batch=on_batch)
+        preds = client.classify_files([ws.image_path(name) for _, name in tasks], on_batch=on_batch)
         stale = {p.model_version for p in preds} - {tag}
         if stale:  # the service swapped again mid-way: the next promotion re-scores
             log.warning("pool scored partly by %s; skipping push", stale)
             return 0
         pushed = self.gateway.push_predictions(project, [
-            TaskPrediction(task_id=t.id, label=p.label, score=p.score, model_version=p.model_version)
-            for t, p in zip(tasks, preds, strict=True)
+            TaskPrediction(task_id=task_id, label=p.label, score=p.score, model_version=p.model_version)
+            for (task_id, _), p in zip(tasks, preds, strict=True)
         ])
         self.gateway.align_queue(project, tag)
         self.state.put("rescored", f"{tag} {pushed}")
+        log.info("re-scored %d pool tasks with %s in %.1fs", pushed, tag, time.perf_counter() - started)
         return pushed
 
     # --- events from the service's webhook -------------------------------------------------

@@ -60,7 +60,8 @@ def demo_settings(settings: Settings, base: Path, *, per_round: int) -> Settings
         "label_studio_files_root": base,
         "service_port": svc_port,
         "service_url": "",
-        "collect_interval_s": 2.0,
+        # Annotation webhooks pull collects forward; the interval is only the safety net.
+        "collect_interval_s": 15.0,
         "retrain_interval_s": 2.0,
         "retrain_min_new_labels": per_round,
     })
@@ -154,7 +155,8 @@ def run_demo(
                 time.perf_counter() - round_start,
             ))
             say(f"round {round_no}: run {run.run_id} {run.status}: accuracy {run.accuracy:.4f}")
-        console.print(_table(rows), width=max(console.width, 110))
+        # Full model versions: not cut to a pipe's default 80 columns.
+        Console(width=max(console.width, 120), file=console.file).print(_table(rows))
         console.print(f"Label Studio: {ls.url}  (login {settings.label_studio_username})")
         console.print(f"Service:      {service.url}  (OpenAPI at {service.url}/docs)")
         console.print(f"Workspace:    {settings.workspace}  (git log; dvc metrics show)")

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TEXT
 );
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (task_id INTEGER PRIMARY KEY, image TEXT NOT NULL);
 """
 
 
@@ -71,6 +72,16 @@ class StateStore:
     def put(self, key: str, value: str) -> None:
         with self._db() as db:
             db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+    def set_tasks(self, tasks: dict[int, str]) -> None:
+        """The Label Studio task of every pool image (replaces what was there)."""
+        with self._db() as db:
+            db.execute("DELETE FROM tasks")
+            db.executemany("INSERT INTO tasks (task_id, image) VALUES (?, ?)", sorted(tasks.items()))
+
+    def tasks(self) -> dict[int, str]:
+        with self._db() as db:
+            return dict(db.execute("SELECT task_id, image FROM tasks").fetchall())
 
     def start_run(self, run_id: str, data_commit: str, label_batch: int, trigger: str) -> None:
         with self._db() as db:
