@@ -156,7 +156,7 @@ def up(
         scheduler = build_scheduler(loop)
         scheduler.start()
         console.print(f"Label Studio  {settings.label_studio_url}  login {settings.label_studio_username}"
-                      " (password: LABELLOOP_LABEL_STUDIO_PASSWORD)")
+                      " (password: $LABELLOOP_LABEL_STUDIO_PASSWORD, default labelloop-admin)")
         console.print(f"Service       {service.url}")
         console.print("Ctrl-C stops everything.")
         stop = threading.Event()

@@ -181,10 +181,9 @@ class Loop:
                 "set LABELLOOP_LABEL_STUDIO_FILES_ROOT to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
             ) from None
         self.gateway.ensure_local_storage(project, images_dir)
-        before = len(self.state.tasks())
         tasks = self.gateway.import_images(project, ws.pool_images(), f"/data/local-files/?d={relative}/")
         self.state.set_tasks(tasks)
-        log.info("project %s: %d pool tasks (%d new)", project, len(tasks), max(len(tasks) - before, 0))
+        log.info("project %s: %d pool tasks", project, len(tasks))
         if PredictionClient(self.settings.resolved_service_url).health() is not None:
             self.gateway.connect_ml_backend(project, self.settings.resolved_service_url, "labelloop")
         return project

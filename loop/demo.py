@@ -60,6 +60,8 @@ def demo_settings(settings: Settings, base: Path, *, per_round: int) -> Settings
         "label_studio_files_root": base,
         "service_port": svc_port,
         "service_url": "",
+        # Label Studio's data dir is shared with `up`: the demo keeps to its own project.
+        "project_title": f"{settings.project_title} demo",
         # Annotation webhooks pull collects forward; the interval is only the safety net.
         "collect_interval_s": 15.0,
         "retrain_interval_s": 2.0,
