@@ -45,6 +45,13 @@ def test_one_full_loop_turn(ls_settings, tmp_path):
         gateway = loop.gateway
         assert loop.rescore() == len(loop.workspace.pool_images())
 
+        # Label Studio's queue serves the most informative task (lowest margin) first.
+        pool = loop.workspace.pool_images()
+        scores = {name: p.score for name, p in zip(pool, PredictionClient(service.url).classify_files(
+            [loop.workspace.image_path(n) for n in pool]), strict=True)}
+        first_in_queue = gateway.next_task(project)
+        assert scores[first_in_queue.image_name] == pytest.approx(min(scores.values()), abs=1e-6)
+
         # The annotator works the queue Label Studio hands out, answering from ground truth.
         truth = digits_truth()
         labeled = simulate_annotator(gateway, project, truth, 32)
