@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from loop.core import Loop
@@ -78,10 +80,29 @@ def collect(
         console.print("nothing new to collect")
 
 
+@contextmanager
+def _progress():
+    """A rich progress bar fed by Loop's (what, done, total) callbacks."""
+    with Progress(console=console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def update(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        yield update
+
+
 @app.command()
 def train() -> None:
     """Train now on the workspace HEAD; promote if not worse than the serving model."""
-    run = Loop(_settings()).train(trigger="cli")
+    with console.status("training (clone at the data commit, dvc repro, evaluate, register) ..."):
+        loop = Loop(_settings())
+        run = loop.train(trigger="cli", rescore=False)
+    if run is not None and run.status == "promoted":
+        with _progress() as progress:
+            loop.rescore(run.model_tag, progress=progress)
     if run is None:
         console.print("a training run is already in progress")
         raise typer.Exit(1)
@@ -93,7 +114,9 @@ def train() -> None:
 @app.command()
 def rescore() -> None:
     """Re-score the unlabeled pool with the serving model and push the predictions."""
-    console.print(f"{Loop(_settings()).rescore()} predictions pushed")
+    with _progress() as progress:
+        pushed = Loop(_settings()).rescore(progress=progress)
+    console.print(f"{pushed} predictions pushed")
 
 
 @app.command()

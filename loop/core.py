@@ -122,6 +122,7 @@ class Loop:
         self.launcher = launcher or make_launcher(settings)
         self._gateway = gateway
         self._training = threading.Lock()
+        self._deletions_lock = threading.Lock()
         self._ws_lock = FileLock(str(settings.home / "workspace.lock"))
 
     # --- collaborators ---------------------------------------------------------------
@@ -210,7 +211,8 @@ class Loop:
             known, by_task = ws.known_annotations(), ws.annotations_by_task()
             # Tasks whose annotations were deleted (webhook) or, in a full pass, every task
             # the workspace holds labels for that Label Studio no longer lists as annotated.
-            recheck = {known[a].task_id for a in self._deleted_annotation_ids() if a in known}
+            deleted = self._deleted_annotation_ids()
+            recheck = {known[a].task_id for a in deleted if a in known}
             if full:
                 recheck |= set(by_task)
             recheck -= {t.id for t in tasks}
@@ -220,12 +222,12 @@ class Loop:
             if full:
                 self.state.put("last_full_collect", utcnow())
             if not events:
-                self.state.put("deleted_annotations", "[]")
+                self._forget_deletions(deleted)
                 return CollectResult(0, 0, 0, None, cursor.batch)
             newest = max([t.updated_at for t in tasks] + [cursor.updated_at or ""])
             new_cursor = Cursor(batch=cursor.batch + 1, updated_at=newest)
             commit = ws.commit_labels(events, new_cursor)
-            self.state.put("deleted_annotations", "[]")
+            self._forget_deletions(deleted)
             self._push_if_needed()
         upserts = sum(e.op == "upsert" for e in events)
         log.info("collected batch %d: %d upserts, %d deletes -> %s",
@@ -234,6 +236,17 @@ class Loop:
 
     def _deleted_annotation_ids(self) -> set[int]:
         return set(json.loads(self.state.get("deleted_annotations") or "[]"))
+
+    def _note_deletions(self, ids: set[int]) -> None:
+        with self._deletions_lock:  # the events job and collect run in different threads
+            pending = self._deleted_annotation_ids() | ids
+            self.state.put("deleted_annotations", json.dumps(sorted(pending)))
+
+    def _forget_deletions(self, handled: set[int]) -> None:
+        """Only what this collect handled: a deletion that arrived meanwhile stays pending."""
+        with self._deletions_lock:
+            pending = self._deleted_annotation_ids() - handled
+            self.state.put("deleted_annotations", json.dumps(sorted(pending)))
 
     def _full_collect_due(self) -> bool:
         last = self.state.get("last_full_collect")
@@ -290,14 +303,14 @@ class Loop:
             if not result.succeeded:
                 self.state.finish_run(run_id, "failed", result.error or "unknown error")
                 log.error("training run %s failed: %s", run_id, result.error)
-                return self._run(run_id)
+                return self.state.run(run_id)
             serving = read_promotion(self.settings.promotion_file)
             if serving is not None and result.accuracy < serving.accuracy:
                 reason = f"accuracy {result.accuracy:.4f} < serving {serving.accuracy:.4f}"
                 self.state.finish_run(run_id, "rejected", reason, model_tag=result.model_tag,
                                       accuracy=result.accuracy, n_labels=result.n_labels)
                 log.info("run %s rejected: %s", run_id, reason)
-                return self._run(run_id)
+                return self.state.run(run_id)
             write_promotion(self.settings.promotion_file, PromotionRecord(
                 tag=result.model_tag, accuracy=result.accuracy, data_commit=commit,
                 n_labels=result.n_labels, run_id=run_id,
@@ -309,16 +322,13 @@ class Loop:
         finally:
             self._training.release()
         if not rescore:
-            return self._run(run_id)
+            return self.state.run(run_id)
         try:
             self.rescore(result.model_tag, progress=progress)
         except (LabelStudioError, ConfigError) as exc:
             log.warning("promoted, but the pool was not re-scored: %s", exc)
             self.state.put("error:rescore", str(exc))
-        return self._run(run_id)
-
-    def _run(self, run_id: str) -> RunRecord:
-        return next(r for r in self.state.runs(100) if r.run_id == run_id)
+        return self.state.run(run_id)
 
     # --- re-score the pool ---------------------------------------------------------------
     def rescore(self, tag: str | None = None, *, progress: Progress | None = None) -> int:
@@ -379,9 +389,9 @@ class Loop:
             elif action.startswith("ANNOTATION"):
                 annotations_changed = True
                 if action == "ANNOTATIONS_DELETED":
-                    ids = {int(a["id"]) for a in event.get("annotations") or [] if "id" in a}
-                    pending = self._deleted_annotation_ids() | ids
-                    self.state.put("deleted_annotations", json.dumps(sorted(pending)))
+                    self._note_deletions(
+                        {int(a["id"]) for a in event.get("annotations") or [] if "id" in a}
+                    )
         return annotations_changed
 
     # --- status ----------------------------------------------------------------------

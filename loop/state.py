@@ -111,6 +111,16 @@ class StateStore:
             ).fetchall()
         return [RunRecord(*row) for row in rows]
 
+    def run(self, run_id: str) -> RunRecord:
+        with self._db() as db:
+            row = db.execute(
+                f"SELECT {', '.join(RunRecord.__dataclass_fields__)} FROM runs WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+        if row is None:
+            raise KeyError(run_id)
+        return RunRecord(*row)
+
     def last_finished_run(self) -> RunRecord | None:
         return next((r for r in self.runs(100) if r.status != "running"), None)
 

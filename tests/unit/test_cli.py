@@ -34,7 +34,17 @@ def test_labelloop_errors_become_exit_codes(loop_cls, capsys):
 def test_train_busy_is_exit_1(loop_cls):
     loop_cls.return_value.train.return_value = None
     assert cli.main(["train"]) == 1
-    loop_cls.return_value.train.assert_called_once_with(trigger="cli")
+    loop_cls.return_value.train.assert_called_once_with(trigger="cli", rescore=False)
+
+
+def test_train_promoted_then_rescores_the_pool_with_that_model(loop_cls):
+    from loop.state import RunRecord
+
+    loop_cls.return_value.train.return_value = RunRecord(
+        "r1", "promoted", "first model", "cli", "abc", 1, 20, "m:1", 0.9, "t0", "t1")
+    assert cli.main(["train"]) == 0
+    args, kwargs = loop_cls.return_value.rescore.call_args
+    assert args == ("m:1",) and callable(kwargs["progress"])
 
 
 def test_loop_signature_matches_what_cli_calls():
