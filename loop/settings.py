@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     )
     retrain_interval_s: float = 30.0
     retrain_min_new_labels: int = Field(default=20, ge=1)
-    query_strategy: Literal["margin"] = "margin"
+    query_strategy: Literal["margin", "least_confidence", "entropy", "random"] = "margin"
     launcher: Literal["local"] = "local"
     rescore_batch_size: int = Field(default=256, ge=1)
     training_timeout_s: float = 1800.0

@@ -13,7 +13,10 @@ import numpy as np
 
 from loop.errors import BadInputError
 
-__all__ = ["QueryStrategy", "Margin", "margin_scores", "get_strategy", "STRATEGIES"]
+__all__ = [
+    "QueryStrategy", "Margin", "LeastConfidence", "Entropy", "RandomSampling",
+    "margin_scores", "least_confidence_scores", "entropy_scores", "get_strategy", "STRATEGIES",
+]
 
 
 def _checked(probabilities: np.ndarray) -> np.ndarray:
@@ -34,6 +37,21 @@ def margin_scores(probabilities: np.ndarray) -> np.ndarray:
     return top2[:, 1] - top2[:, 0]
 
 
+def least_confidence_scores(probabilities: np.ndarray) -> np.ndarray:
+    """The top probability: the least confident prediction scores lowest."""
+    return _checked(probabilities).max(axis=1)
+
+
+def entropy_scores(probabilities: np.ndarray) -> np.ndarray:
+    """1 - normalised entropy: the most uncertain distribution scores lowest (0 if uniform)."""
+    probs = _checked(probabilities)
+    if probs.shape[1] == 1:
+        return np.ones(probs.shape[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(probs > 0, probs * np.log(probs), 0.0)
+    return 1.0 + terms.sum(axis=1) / np.log(probs.shape[1])
+
+
 class QueryStrategy(Protocol):
     name: str
 
@@ -51,7 +69,42 @@ class Margin:
         return margin_scores(probabilities)
 
 
-STRATEGIES: dict[str, type[QueryStrategy]] = {"margin": Margin}
+class LeastConfidence:
+    """Lowest top-class probability first (Lewis & Gale, 1994)."""
+
+    name = "least_confidence"
+
+    def score(self, probabilities: np.ndarray) -> np.ndarray:
+        return least_confidence_scores(probabilities)
+
+
+class Entropy:
+    """Highest predictive entropy first (Shannon entropy of the class distribution)."""
+
+    name = "entropy"
+
+    def score(self, probabilities: np.ndarray) -> np.ndarray:
+        return entropy_scores(probabilities)
+
+
+class RandomSampling:
+    """The baseline: a uniformly random order (seeded, so a run can be repeated)."""
+
+    name = "random"
+
+    def __init__(self, seed: int | None = None):
+        self._rng = np.random.default_rng(seed)
+
+    def score(self, probabilities: np.ndarray) -> np.ndarray:
+        return self._rng.random(_checked(probabilities).shape[0])
+
+
+STRATEGIES: dict[str, type[QueryStrategy]] = {
+    "margin": Margin,
+    "least_confidence": LeastConfidence,
+    "entropy": Entropy,
+    "random": RandomSampling,
+}
 
 
 def get_strategy(name: str) -> QueryStrategy:
