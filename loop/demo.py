@@ -111,7 +111,7 @@ def run_demo(
     say = lambda msg: console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/] {msg}")  # noqa: E731
 
     ls = LabelStudioServer(settings, ls_data)
-    service = ServiceServer(settings)
+    service: ServiceServer | None = None
     scheduler = None
     try:
         # Label Studio starts while the workspace is built and v1 trains: they overlap.
@@ -122,8 +122,8 @@ def run_demo(
         say("creating the workspace from scikit-learn's digits")
         ws = loop.init(starter="digits")
         say(f"workspace {ws.root}: {len(ws.events())} seed labels, {len(ws.pool_images())} pool images")
-        say(f"starting the service at {service.url}; it loads whatever gets promoted")
         service = ServiceServer(settings)  # with the Label Studio token in its settings
+        say(f"starting the service at {service.url}; it loads whatever gets promoted")
         service.start(wait=False)
         say("training model v1 on the seed labels (dvc repro in a training job)")
         first = loop.train(trigger="initial", rescore=False)  # the project comes next
@@ -139,7 +139,7 @@ def run_demo(
         project = loop.connect()
         say(f"Label Studio project {project}: pool imported, service connected as ML backend")
         pushed = loop.rescore()
-        say(f"pool scored: {pushed} predictions pushed, queue ordered by margin")
+        say(f"pool scored: {pushed} predictions pushed, queue ordered by {settings.query_strategy}")
         scheduler = build_scheduler(loop)
         scheduler.start()
         truth = digits_truth()
@@ -160,14 +160,15 @@ def run_demo(
         # Full model versions: not cut to a pipe's default 80 columns.
         Console(width=max(console.width, 120), file=console.file).print(_table(rows))
         console.print(f"Label Studio: {ls.url}  (login {settings.label_studio_username})")
-        console.print(f"Service:      {service.url}  (OpenAPI at {service.url}/docs)")
+        console.print(f"Service:      {service.url}  (Swagger UI at /, OpenAPI at /docs.json)")
         console.print(f"Workspace:    {settings.workspace}  (git log; dvc metrics show)")
         say("done; stopping everything the demo started")
         return rows
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=True)
-        service.stop()
+        if service is not None:
+            service.stop()
         ls.stop()
 
 
