@@ -221,10 +221,6 @@ class LabelStudioGateway:
         self._call("delete the project", self._client.projects.delete, id=found)
         return True
 
-    def project_classes(self, project_id: int) -> list[str]:
-        project = self._call("read the project", self._client.projects.get, id=project_id)
-        return classes_from_config(project.label_config)
-
     def ensure_local_storage(self, project_id: int, path: Path) -> None:
         """Local-file serving needs a storage covering the folder, else the images 404."""
         storages = self._call(
@@ -385,10 +381,3 @@ class LabelStudioGateway:
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
         preds = self._call("list predictions", self._client.predictions.list, task=task_id)
         return [p.model_dump() for p in preds]
-
-    def healthy(self) -> bool:
-        try:
-            self._get("api/version")
-            return True
-        except LabelStudioError:
-            return False

@@ -18,15 +18,13 @@ from PIL import Image
 
 from loop.errors import NoModelError
 from pipelines.images import preprocess
+from pipelines.register import MODEL_FILENAME  # the file the register stage stores
 from pipelines.strategies import QueryStrategy
 from serving.promotion import PromotionRecord, read_promotion
 
 __all__ = ["LoadedModel", "ModelSlot", "Scored", "load_model"]
 
 log = logging.getLogger(__name__)
-
-MODEL_FILENAME = "model.keras"
-
 
 @dataclass(frozen=True)
 class Scored:
