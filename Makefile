@@ -8,12 +8,13 @@ UV := $(TOOLS)/bin/uv
 UV_VERSION := 0.13.9
 export LABELLOOP_LABEL_STUDIO_VENV ?= $(CURDIR)/$(LS_VENV)
 
-.PHONY: help venvs demo up test test-fast lock clean
+.PHONY: help venvs demo up test test-fast bench bench-serving lock clean
 
 help:
 	@echo "make demo   set up (venvs) and run the whole loop once on the digits starter"
 	@echo "make up     start Label Studio + service + scheduler for real annotators"
 	@echo "make test   set up and run the test suite (starts its own Label Studio)"
+	@echo "make bench  benchmarks (serving: batching on vs off) -> bench/results/"
 	@echo "make lock   re-resolve requirements*.lock from pyproject.toml"
 
 $(UV):
@@ -54,9 +55,15 @@ test: venvs
 test-fast: venvs
 	$(VENV)/bin/python -m pytest -m "not e2e"
 
+# Benchmarks are not tests: they measure, print ratios and write bench/results/*.json.
+bench: bench-serving
+
+bench-serving: $(VENV)/.project
+	$(VENV)/bin/python -m bench.serving
+
 lock: | $(UV)
 	$(UV) pip compile --quiet pyproject.toml --extra test --python-version 3.11 -o requirements.lock
 	printf 'label-studio==1.23.2\n' | $(UV) pip compile --quiet - --python-version 3.11 -o requirements-labelstudio.lock
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) $(TOOLS) .labelloop .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) $(TOOLS) .labelloop .pytest_cache bench/.work

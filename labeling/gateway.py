@@ -339,21 +339,44 @@ class LabelStudioGateway:
             sampling="Uncertainty sampling",
         )
 
-    def connect_ml_backend(self, project_id: int, url: str, title: str) -> int:
-        """Connect the labelloop service as ML backend (Label Studio calls /health + /setup)."""
-        backends = self._call("list ML backends", self._client.ml.list, project=project_id)
-        for backend in backends:
-            if (backend.url or "").rstrip("/") == url.rstrip("/"):
-                return int(backend.id)
-        backend = self._call(
-            "connect the ML backend",
-            self._client.ml.create,
-            project=project_id,
-            url=url,
-            title=title,
-            is_interactive=False,
+    def connect_ml_backend(
+        self,
+        project_id: int,
+        url: str,
+        title: str,
+        *,
+        basic_auth: tuple[str, str] | None = None,
+        webhook_headers: dict[str, str] | None = None,
+    ) -> int:
+        """Connect the labelloop service as ML backend (Label Studio validates it: /health,
+        /setup). With `basic_auth`, Label Studio sends it on every backend call; Label Studio
+        sends none on the webhook it registers for the backend, so `webhook_headers` (the
+        shared secret) are set on that webhook."""
+        auth = (
+            {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
+            if basic_auth else {}
         )
-        return int(backend.id)
+        backends = self._call("list ML backends", self._client.ml.list, project=project_id)
+        existing = [b for b in backends if (b.url or "").rstrip("/") == url.rstrip("/")]
+        if existing:
+            backend_id = int(existing[0].id)
+            if auth:
+                self._call("update the ML backend", self._client.ml.update, id=backend_id,
+                           project=project_id, **auth)
+        else:
+            backend = self._call(
+                "connect the ML backend", self._client.ml.create,
+                project=project_id, url=url, title=title, is_interactive=False, **auth,
+            )
+            backend_id = int(backend.id)
+        if webhook_headers:
+            hook_url = f"{url.rstrip('/')}/webhook"
+            hooks = self._call("list webhooks", self._client.webhooks.list, project=str(project_id))
+            for hook in hooks:
+                if (hook.url or "").rstrip("/") == hook_url:
+                    self._call("set the webhook headers", self._client.webhooks.update,
+                               id=hook.id, url=hook.url, headers=webhook_headers)
+        return backend_id
 
     # --- annotating (what a person does in the UI) -------------------------------------
     def next_task(self, project_id: int) -> Task | None:
@@ -377,6 +400,17 @@ class LabelStudioGateway:
 
     def delete_annotation(self, annotation_id: int) -> None:
         self._call("delete an annotation", self._client.annotations.delete, id=annotation_id)
+
+    def retrieve_predictions(self, project_id: int, task_ids: Sequence[int]) -> None:
+        """The Data Manager's "Retrieve predictions": Label Studio asks the connected backend
+        for these tasks in ONE `/predict` request and stores what it answers."""
+        from label_studio_sdk.actions.types import PrepareParamsRequestRequestSelectedItemsIncluded
+
+        self._call(
+            "retrieve predictions", self._client.actions.create,
+            id="retrieve_tasks_predictions", project=project_id,
+            selected_items=PrepareParamsRequestRequestSelectedItemsIncluded(all_=False, included=list(task_ids)),
+        )
 
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
         preds = self._call("list predictions", self._client.predictions.list, task=task_id)

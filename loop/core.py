@@ -28,7 +28,7 @@ from loop.state import RunRecord, StateStore, utcnow
 from loop.workspace import Cursor, Workspace
 from pipelines.labels import LabelEvent, labels_by_image
 from pipelines.layout import IMAGES_DIR
-from serving import PredictionClient, PromotionRecord, drain_events, read_promotion, write_promotion
+from serving import WEBHOOK_SECRET_HEADER, PredictionClient, PromotionRecord, drain_events, read_promotion, write_promotion
 
 __all__ = ["Loop", "CollectResult", "LoopStatus", "annotation_events"]
 
@@ -185,8 +185,16 @@ class Loop:
         tasks = self.gateway.import_images(project, ws.pool_images(), f"/data/local-files/?d={relative}/")
         self.state.set_tasks(tasks)
         log.info("project %s: %d pool tasks", project, len(tasks))
-        if PredictionClient(self.settings.resolved_service_url).health() is not None:
-            self.gateway.connect_ml_backend(project, self.settings.resolved_service_url, "labelloop")
+        if PredictionClient.for_settings(self.settings).health() is not None:
+            s = self.settings
+            password = s.serving_basic_auth_password
+            self.gateway.connect_ml_backend(
+                project, s.resolved_service_url, "labelloop",
+                basic_auth=(s.serving_basic_auth_user, password.get_secret_value())
+                if s.serving_basic_auth_user and password else None,
+                webhook_headers={WEBHOOK_SECRET_HEADER: s.webhook_secret.get_secret_value()}
+                if s.webhook_secret else None,
+            )
         return project
 
     # --- collect -------------------------------------------------------------------------
@@ -339,7 +347,7 @@ class Loop:
         tag = tag or (record.tag if record else None)
         if tag is None:
             return 0
-        client = PredictionClient(self.settings.resolved_service_url)
+        client = PredictionClient.for_settings(self.settings)
         if client.health() is None:
             log.warning("service %s is not running; pool not re-scored", client.url)
             return 0
@@ -410,7 +418,7 @@ class Loop:
             labels=labels,
             labels_pending_training=self.labels_pending_training(),
             serving=read_promotion(self.settings.promotion_file),
-            service_version=PredictionClient(self.settings.resolved_service_url).serving_version(),
+            service_version=PredictionClient.for_settings(self.settings).serving_version(),
             runs=self.state.runs(10),
             last_collect=self.state.get("last_collect"),
             errors=errors,

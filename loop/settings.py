@@ -71,6 +71,36 @@ class Settings(BaseSettings):
         description="How Label Studio and the loop reach the service. Empty: from host/port.",
     )
     model_poll_interval_s: float = 1.0
+    serving_workers: int = Field(
+        default=1, ge=1, description="Model worker processes (each loads the promoted model)."
+    )
+    serving_batching: bool = Field(
+        default=True, description="Adaptive batching of client requests (off: one pass per request)."
+    )
+    serving_max_batch_size: int = Field(default=64, ge=1)
+    serving_max_latency_ms: int = Field(
+        default=10_000, ge=1,
+        description="BentoML's batching SLO: requests it expects to wait longer are shed (503).",
+    )
+    serving_max_body_mb: float = Field(
+        default=32.0, gt=0, description="Larger request bodies are refused with 413."
+    )
+    serving_api_key: SecretStr | None = Field(
+        default=None, description="Bearer key for the client API. Empty: no key required."
+    )
+    serving_basic_auth_user: str | None = Field(
+        default=None, description="Basic auth for the Label Studio ML-backend routes."
+    )
+    serving_basic_auth_password: SecretStr | None = None
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared secret Label Studio sends in X-Labelloop-Webhook-Secret.",
+    )
+    fetch_concurrency: int = Field(default=16, ge=1, description="Parallel task-image fetches.")
+    fetch_cache_mb: float = Field(default=64.0, ge=0, description="Fetched-image cache size.")
+    prediction_log_max_mb: float = Field(
+        default=50.0, gt=0, description="Rotate <home>/logs/predictions.jsonl at this size."
+    )
 
     # --- the loop ----------------------------------------------------------------
     collect_interval_s: float = 30.0
@@ -136,6 +166,11 @@ class Settings(BaseSettings):
     def events_dir(self) -> Path:
         """Spool of Label Studio webhook events, written by the service, read by the loop."""
         return self.home / "events"
+
+    @property
+    def prediction_log(self) -> Path:
+        """JSON lines, one per prediction served, rotated (monitoring, drift analysis)."""
+        return self.home / "logs" / "predictions.jsonl"
 
     @property
     def runs_dir(self) -> Path:

@@ -16,6 +16,7 @@ import httpx
 
 from loop.errors import ConfigError, LabelloopError
 from loop.settings import Settings
+from serving.client import PredictionClient
 
 __all__ = ["ManagedProcess", "LabelStudioServer", "ServiceServer", "free_port"]
 
@@ -167,4 +168,16 @@ class ServiceServer(ManagedProcess):
         return self
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
-        self._wait_http(f"{self.url}/health", timeout_s)
+        """Up when the front answers /health through its model worker (with the configured
+        credentials): both BentoML services are serving."""
+        client = PredictionClient.for_settings(self.settings)
+        deadline = time.monotonic() + timeout_s
+        while client.health() is None:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise LabelloopError(
+                    f"{self.name} exited with code {self._proc.returncode}; see {self.log_path}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LabelloopError(f"{self.name} not ready after {timeout_s:.0f}s; see {self.log_path}")
+            time.sleep(0.5)

@@ -36,8 +36,10 @@ def decode_image(source: bytes | Path | Image.Image) -> Image.Image:
                     f"image is {image.width}x{image.height}; at most {MAX_IMAGE_PIXELS} pixels"
                 )
             image.load()
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-            raise BadInputError(f"not a readable image: {exc}") from exc
+        except UnidentifiedImageError as exc:
+            raise BadInputError("not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP)") from exc
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+            raise BadInputError(f"corrupt or truncated image: {exc}") from exc
     if image.width == 0 or image.height == 0:
         raise BadInputError("image has zero width or height")
     return image

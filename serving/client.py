@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 
 from serving.protocol import ImagePrediction
+
+if TYPE_CHECKING:
+    from loop.settings import Settings
 
 __all__ = ["PredictionClient", "CLIENT_BATCH"]
 
@@ -17,13 +21,40 @@ CLIENT_BATCH = 64
 
 
 class PredictionClient:
-    def __init__(self, url: str, *, timeout_s: float = 60.0):
+    """`api_key` for the client API, `basic_auth` for the Label Studio routes (`/health`),
+    as the service is configured; `PredictionClient.for_settings` takes both from settings."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        timeout_s: float = 60.0,
+    ):
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._basic = httpx.BasicAuth(*basic_auth) if basic_auth else None
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, headers=headers)
+
+    @classmethod
+    def for_settings(cls, settings: "Settings", **kwargs: object) -> "PredictionClient":
+        key = settings.serving_api_key
+        password = settings.serving_basic_auth_password
+        basic = (
+            (settings.serving_basic_auth_user, password.get_secret_value())
+            if settings.serving_basic_auth_user and password else None
+        )
+        return cls(
+            settings.resolved_service_url,
+            api_key=key.get_secret_value() if key else None,
+            basic_auth=basic,
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     def health(self) -> dict | None:
         try:
-            response = self._http.get("/health", timeout=2.0)
+            response = self._http.get("/health", timeout=2.0, auth=self._basic or httpx.USE_CLIENT_DEFAULT)
         except httpx.HTTPError:
             return None
         return response.json() if response.status_code == 200 else None

@@ -63,6 +63,7 @@ class PredictResponse(BaseModel):
 class WebhookAccepted(BaseModel):
     status: str = "queued"
     action: str
+    event_id: str = Field(description="The spooled event; the loop handles it on its next tick")
 
 
 class ImagePrediction(BaseModel):
@@ -70,6 +71,9 @@ class ImagePrediction(BaseModel):
 
     label: str
     probabilities: dict[str, float]
-    score: float = Field(description="Query-strategy score; lower = more useful to label")
+    score: float = Field(description="Score of the configured strategy; lower = more useful to label")
+    scores: dict[str, float] = Field(
+        default_factory=dict, description="Every uncertainty strategy's score (lower = label first)"
+    )
     strategy: str
     model_version: str

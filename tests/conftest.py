@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from loop.core import Loop
 from loop.settings import Settings
 from loop.stack import LabelStudioServer, free_port
 
@@ -61,3 +62,16 @@ def ls_settings(label_studio, files_root, tmp_path):
             **overrides,
         )
     return build
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A digits workspace with model v1 trained by the real pipeline (dvc repro, Keras)
+    and promoted. Shared by the integration tests that need a model."""
+    base = tmp_path_factory.mktemp("trained")
+    settings = make_settings(base / "home", base / "workspace")
+    loop = Loop(settings)
+    loop.init(starter="digits")
+    run = loop.train(trigger="test")
+    assert run is not None and run.status == "promoted", run
+    return loop, run

@@ -1,19 +1,34 @@
-"""The service as a real `bentoml serve` process: no model -> 503, promotion -> hot swap
-without restart, the Label Studio protocol, webhook spooling, route precedence."""
+"""The service as a real `bentoml serve` process (front door + 2 model workers): no model
+-> 503, every client input format, every bad input a 4xx with the service still up, the
+Label Studio protocol, metrics and the prediction log, and a hot swap under load."""
 
 from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+import threading
 import time
 
 import httpx
 import pytest
+from PIL import Image
 
 from loop.stack import ServiceServer
 from pipelines.layout import METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
 from serving import PromotionRecord, write_promotion
 from tests.conftest import make_settings
+from tests.helpers.images import png_bytes, png_with_header
+
+CLASSES = [str(d) for d in range(10)]
+MAX_BODY_MB = 2.0
+
+
+def label_config(choices=CLASSES, image="image", data_key="image", control="choice") -> str:
+    options = "".join(f'<Choice value="{c}"/>' for c in choices)
+    return (f'<View><Image name="{image}" value="${data_key}"/>'
+            f'<Choices name="{control}" toName="{image}">{options}</Choices></View>')
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +37,7 @@ def service(trained, tmp_path_factory):
     loop, run = trained
     home = tmp_path_factory.mktemp("svc-home")
     (home / "bentoml").symlink_to(loop.settings.bentoml_home)
-    settings = make_settings(home, loop.settings.workspace)
+    settings = make_settings(home, loop.settings.workspace, serving_workers=2, serving_max_body_mb=MAX_BODY_MB)
     server = ServiceServer(settings).start(timeout_s=240)
     yield settings, server
     server.stop()
@@ -32,13 +47,17 @@ def _png(loop, index: int = 0) -> bytes:
     return loop.workspace.image_path(loop.workspace.pool_images()[index]).read_bytes()
 
 
+def _classify(url: str, *images: bytes) -> httpx.Response:
+    return httpx.post(f"{url}/classify", files=[("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(images)],
+                      timeout=60)
+
+
 def test_without_a_model_it_is_not_ready_and_answers_503(service, trained):
     settings, server = service
     loop, _ = trained
     assert httpx.get(f"{server.url}/readyz").status_code != 200
     assert httpx.get(f"{server.url}/health").json()["model_version"] is None
-    r = httpx.post(f"{server.url}/classify", files=[("images", ("a.png", _png(loop), "image/png"))])
-    assert r.status_code == 503
+    assert _classify(server.url, _png(loop)).status_code == 503
     r = httpx.post(f"{server.url}/predict", json={"tasks": [{"id": 1, "data": {"image": "x"}}]})
     assert r.status_code == 503 and "no model has been promoted" in r.json()["detail"]
 
@@ -49,34 +68,123 @@ def promoted(service, trained):
     loop, run = trained
     write_promotion(settings.promotion_file, PromotionRecord(
         tag=run.model_tag, accuracy=run.accuracy, data_commit=run.data_commit, n_labels=20, run_id=run.run_id))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while httpx.get(f"{server.url}/readyz").status_code != 200:
         assert time.monotonic() < deadline, "service did not load the promoted model"
         time.sleep(0.5)
     return settings, server, run
 
 
-def test_client_api_returns_label_probabilities_score_and_version(promoted, trained):
-    settings, server, run = promoted
-    loop, _ = trained
-    files = [("images", (f"{i}.png", _png(loop, i), "image/png")) for i in range(3)]
-    r = httpx.post(f"{server.url}/classify", files=files)
-    assert r.status_code == 200, r.text
-    out = r.json()
-    assert len(out) == 3
+def _check_predictions(out: list, n: int, version: str) -> None:
+    assert len(out) == n
     for item in out:
-        assert item["model_version"] == run.model_tag
-        assert set(item["probabilities"]) == {str(d) for d in range(10)}
+        assert item["model_version"] == version
+        assert set(item["probabilities"]) == set(CLASSES)
         assert abs(sum(item["probabilities"].values()) - 1) < 1e-3
         assert item["label"] == max(item["probabilities"], key=item["probabilities"].get)
-        assert item["strategy"] == "margin" and 0 <= item["score"] <= 1
+        assert item["strategy"] == "margin" and item["score"] == pytest.approx(item["scores"]["margin"], abs=1e-5)
+        assert set(item["scores"]) == {"margin", "least_confidence", "entropy"}
 
 
-def test_not_an_image_is_a_400_and_the_service_stays_up(promoted):
-    _, server, _ = promoted
-    r = httpx.post(f"{server.url}/classify", files=[("images", ("x.png", b"garbage", "image/png"))])
-    assert r.status_code == 400
-    assert httpx.get(f"{server.url}/health").status_code == 200
+def test_multipart_upload_answers_each_image(promoted, trained):
+    settings, server, run = promoted
+    loop, _ = trained
+    r = _classify(server.url, *(_png(loop, i) for i in range(3)))
+    assert r.status_code == 200, r.text
+    _check_predictions(r.json(), 3, run.model_tag)
+
+
+def test_base64_json_and_raw_bytes_give_the_same_answers(promoted, trained):
+    settings, server, run = promoted
+    loop, _ = trained
+    png = _png(loop, 4)
+    multipart = _classify(server.url, png).json()[0]
+    plain = base64.b64encode(png).decode()
+    r = httpx.post(f"{server.url}/classify_base64", json={"images": [plain, f"data:image/png;base64,{plain}"]})
+    assert r.status_code == 200, r.text
+    _check_predictions(r.json(), 2, run.model_tag)
+    raw = httpx.post(f"{server.url}/classify_raw", content=png, headers={"content-type": "image/png"})
+    assert raw.status_code == 200, raw.text
+    for answer in [*r.json(), raw.json()[0]]:
+        assert answer["label"] == multipart["label"]
+        assert answer["probabilities"] == pytest.approx(multipart["probabilities"], abs=1e-5)
+
+
+def test_any_size_and_colour_mode_is_converted_like_training(promoted, trained):
+    """An RGB JPEG at 10x the size and an RGBA / palette PNG: same preprocessing code as
+    training (grayscale, box resize), so the same digit gets the same label."""
+    _, server, run = promoted
+    loop, _ = trained
+    original = Image.open(loop.workspace.image_path(loop.workspace.pool_images()[7]))
+    expected = _classify(server.url, _png(loop, 7)).json()[0]["label"]
+    variants = [
+        png_bytes(original.convert("RGB").resize((320, 320), Image.Resampling.NEAREST), "JPEG"),
+        png_bytes(original.convert("RGBA")),
+        png_bytes(original.convert("P")),
+    ]
+    r = _classify(server.url, *variants)
+    assert r.status_code == 200, r.text
+    assert [item["label"] for item in r.json()] == [expected] * 3
+
+
+def test_a_request_larger_than_one_batch_is_answered_whole(promoted, trained):
+    _, server, run = promoted
+    loop, _ = trained
+    images = [_png(loop, i) for i in range(100)]  # max_batch_size is 64
+    r = _classify(server.url, *images)
+    assert r.status_code == 200, r.text
+    _check_predictions(r.json(), 100, run.model_tag)
+
+
+BAD_INPUTS = {
+    "not an image": ("/classify", {"files": [("images", ("x.png", b"garbage", "image/png"))]}, 400, "not an image"),
+    "corrupt png": ("/classify", {"files": "CORRUPT"}, 400, "image 0"),
+    "zero by zero": ("/classify", {"files": [("images", ("z.png", png_with_header(0, 0), "image/png"))]}, 400, "image"),
+    "20000x20000": ("/classify", {"files": [("images", ("b.png", png_with_header(20000, 20000), "image/png"))]},
+                    400, "pixels"),
+    "one bad among good": ("/classify", {"files": "ONE_BAD"}, 400, "image 1"),
+    "no file at all": ("/classify", {"files": [("other", ("a.txt", b"x", "text/plain"))]}, 400, "images"),
+    "empty raw body": ("/classify_raw", {"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty"),
+    "json without images": ("/classify_base64", {"json": {"img": ["x"]}}, 400, "images"),
+    "json images not a list": ("/classify_base64", {"json": {"images": "abc"}}, 400, "images"),
+    "json empty list": ("/classify_base64", {"json": {"images": []}}, 400, "images"),
+    "json not base64": ("/classify_base64", {"json": {"images": ["%%%"]}}, 400, "base64"),
+    "json not json": ("/classify_base64", {"content": b"{not json", "headers": {"content-type": "application/json"}},
+                      400, ""),
+    "unknown content type": ("/classify", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415,
+                             "multipart/form-data"),
+    "raw with json type": ("/classify_raw", {"json": {"a": 1}}, 415, "image/"),
+    "body over the limit": ("/classify_raw", {"content": b"\0" * int((MAX_BODY_MB + 1) * 2**20),
+                                              "headers": {"content-type": "image/png"}}, 413, "larger than"),
+    "chunked body over the limit": ("/classify_raw", {"content": "CHUNKED", "headers": {"content-type": "image/png"}},
+                                    413, "larger than"),
+    "predict without tasks": ("/predict", {"json": {"tasks": []}}, 422, "no tasks"),
+    "predict wrong shape": ("/predict", {"json": {"tasks": "all"}}, 422, ""),
+    "predict bad config": ("/predict", {"json": {"tasks": [{"id": 1, "data": {}}], "label_config": "<View><Text/>"}},
+                           422, "not valid XML"),
+    "webhook without action": ("/webhook", {"json": {"hello": 1}}, 422, "action"),
+    "setup wrong type": ("/setup", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "json"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_clear_4xx_and_the_service_stays_up(case, promoted, trained):
+    _, server, run = promoted
+    loop, _ = trained
+    route, kwargs, status, message = BAD_INPUTS[case]
+    kwargs = dict(kwargs)
+    if kwargs.get("files") == "CORRUPT":
+        kwargs["files"] = [("images", ("c.png", _png(loop)[:60], "image/png"))]
+    elif kwargs.get("files") == "ONE_BAD":
+        kwargs["files"] = [("images", ("a.png", _png(loop), "image/png")), ("images", ("b.png", b"nope", "image/png"))]
+    if kwargs.get("content") == "CHUNKED":  # no Content-Length: the limit is counted while streaming
+        kwargs["content"] = iter([b"\0" * 2**20] * int(MAX_BODY_MB + 2))
+    r = httpx.post(f"{server.url}{route}", timeout=60, **kwargs)
+    assert r.status_code == status, (case, r.status_code, r.text)
+    assert message.lower() in r.text.lower(), (case, r.text)
+    # Still up, still answering good requests.
+    good = _classify(server.url, _png(loop))
+    assert good.status_code == 200 and good.json()[0]["model_version"] == run.model_tag
 
 
 def test_label_studio_predict_one_result_per_task_in_order(promoted, trained):
@@ -87,31 +195,42 @@ def test_label_studio_predict_one_result_per_task_in_order(promoted, trained):
         {"id": 11, "data": {"image": uri}},
         {"id": 12, "data": {"image": "/data/upload/1/missing.png"}},  # cannot be fetched
         {"id": 13, "data": {"image": uri}},
+        {"id": 14, "data": {"text": "no image field"}},
+        {"id": 15, "data": {"image": "data:image/png;base64,bm90IGFuIGltYWdl"}},  # "not an image"
     ]
-    r = httpx.post(f"{server.url}/predict", json={"tasks": tasks, "project": "1.1", "label_config": "<View/>"})
+    r = httpx.post(f"{server.url}/predict", json={"tasks": tasks, "project": "1.1", "label_config": label_config()})
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert len(results) == 3
+    assert len(results) == 5
     assert results[0]["result"] == results[2]["result"]  # same image, same answer
     assert results[0]["score"] == pytest.approx(results[2]["score"], abs=1e-6)
-    assert results[0]["result"][0]["value"]["choices"][0] in "0123456789"
-    assert results[1]["result"] == []  # no prediction for the broken task, the others still get one
+    assert results[0]["result"][0]["value"]["choices"][0] in CLASSES
+    assert results[0]["result"][0]["from_name"] == "choice" and results[0]["result"][0]["to_name"] == "image"
+    assert [res["result"] for res in results[3:]] == [[], []] and results[1]["result"] == []
     assert {res["model_version"] for res in results} == {run.model_tag}
 
 
-def test_setup_and_versions_report_the_model(promoted):
+def test_predict_follows_the_projects_own_names(promoted, trained):
     _, server, run = promoted
-    r = httpx.post(f"{server.url}/setup", json={"project": "1.1", "schema": "<View/>", "hostname": "", "access_token": ""})
-    assert r.json() == {"model_version": run.model_tag}
+    loop, _ = trained
+    uri = "data:image/png;base64," + base64.b64encode(_png(loop, 2)).decode()
+    config = label_config(image="scan", data_key="picture", control="digit")
+    r = httpx.post(f"{server.url}/predict", json={"tasks": [{"id": 1, "data": {"picture": uri}}], "label_config": config})
+    result = r.json()["results"][0]["result"][0]
+    assert (result["from_name"], result["to_name"]) == ("digit", "scan")
+
+
+def test_setup_validates_the_labeling_config_against_the_model(promoted):
+    _, server, run = promoted
+    ok = httpx.post(f"{server.url}/setup", json={"project": "1.1", "schema": label_config(), "hostname": "",
+                                                 "access_token": ""})
+    assert ok.status_code == 200 and ok.json() == {"model_version": run.model_tag}
+    cats = httpx.post(f"{server.url}/setup", json={"project": "1.1", "schema": label_config(["cat", "dog"])})
+    assert cats.status_code == 422
+    assert "the model predicts" in cats.text and "'cat'" in cats.text
+    text_only = httpx.post(f"{server.url}/setup", json={"schema": "<View><Text name='t' value='$text'/></View>"})
+    assert text_only.status_code == 422 and "<Image>" in text_only.json()["detail"]
     assert httpx.get(f"{server.url}/versions").json() == {"versions": [run.model_tag]}
-
-
-def test_mounted_routes_win_where_they_should(promoted):
-    """/health is the Label Studio route (mounted app); /healthz and /metrics are BentoML's."""
-    _, server, _ = promoted
-    assert httpx.get(f"{server.url}/health").json()["status"] == "UP"
-    assert httpx.get(f"{server.url}/healthz").status_code == 200
-    assert "bentoml" in httpx.get(f"{server.url}/metrics").text.lower()
 
 
 def test_webhook_spools_the_event_and_returns_at_once(promoted):
@@ -121,39 +240,92 @@ def test_webhook_spools_the_event_and_returns_at_once(promoted):
     r = httpx.post(f"{server.url}/webhook", json=payload)
     elapsed = time.perf_counter() - started
     assert r.status_code == 200 and r.json()["action"] == "ANNOTATION_CREATED"
-    spooled = [json.loads(p.read_text()) for p in settings.events_dir.glob("*.json")]
-    assert payload in spooled
+    spooled = {p.stem: json.loads(p.read_text()) for p in settings.events_dir.glob("*.json")}
+    assert spooled[r.json()["event_id"]] == payload
     print(f"webhook answered in {elapsed * 1000:.1f} ms")
 
 
-def test_promotion_hot_swaps_without_restart(promoted, trained):
+def test_metrics_and_prediction_log(promoted, trained):
     settings, server, run = promoted
     loop, _ = trained
-    # Register the same trained model again: a second, distinct version in the store.
-    import subprocess
-    import sys
+    assert _classify(server.url, _png(loop, 5)).status_code == 200
+    httpx.post(f"{server.url}/predict", json={"tasks": [{"id": 3, "data": {"image": "/data/upload/nope.png"}}]})
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert f'labelloop_predictions_total{{label="' in metrics and f'model_version="{run.model_tag}"' in metrics
+    assert "labelloop_prediction_confidence_bucket" in metrics
+    assert 'labelloop_image_fetch_failures_total{reason="fetch"}' in metrics
+    assert f'labelloop_model_info{{model_version="{run.model_tag}"}} 1.0' in metrics
+    assert "bentoml_service_request_total" in metrics or "bentoml" in metrics
+    lines = [json.loads(line) for line in settings.prediction_log.read_text().splitlines()]
+    assert lines and {"ts", "route", "ref", "label", "confidence", "model_version"} <= set(lines[-1])
+    assert any(line["route"] == "classify" and line["model_version"] == run.model_tag for line in lines)
 
+
+def test_schemathesis_finds_no_server_error(promoted, tmp_path):
+    """Property-based fuzzing of every route in the published OpenAPI schema."""
+    _, server, _ = promoted
+    st = [sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/docs.json",
+          "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1",
+          "--exclude-path", "/metrics", "--report", "junit", "--report-dir", str(tmp_path)]
+    done = subprocess.run(st, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def second_tag(trained) -> str:
+    """Register the same trained model again: a second, distinct version in the store."""
+    loop, run = trained
     repo = loop.settings.runs_dir / run.run_id / "repo"
-    env = loop.settings.child_env()
     code = (
         "from pathlib import Path; from pipelines.register import register; from pipelines.params import load_params;"
         f"r = register(load_params(Path('{repo / PARAMS_FILE}')), Path('{repo}'), Path('{repo / MODEL_FILE}'),"
         f" Path('{repo / METRICS_FILE}'), Path('{repo / REGISTERED_FILE}.2')); print(r.tag)"
     )
-    new_tag = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                             check=True).stdout.strip().splitlines()[-1]
-    assert new_tag != run.model_tag
+    done = subprocess.run([sys.executable, "-c", code], env=loop.settings.child_env(), capture_output=True,
+                          text=True, check=True)
+    tag = done.stdout.strip().splitlines()[-1]
+    assert tag != run.model_tag
+    return tag
+
+
+def test_hot_swap_under_load_fails_nothing_and_every_worker_converges(promoted, trained, second_tag):
+    """8 clients keep sending while the promotion changes: zero failed requests, every
+    answer names the version that produced it, then both model workers serve the new one."""
+    settings, server, run = promoted
+    loop, _ = trained
     pid_before = server._proc.pid
+    answers: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+    images = [_png(loop, i) for i in range(8)]
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                r = http.post(f"{server.url}/classify", files=[("images", ("a.png", images[index], "image/png"))])
+                answers.append((r.status_code, r.json()[0]["model_version"] if r.status_code == 200 else r.text))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
     write_promotion(settings.promotion_file, PromotionRecord(
-        tag=new_tag, accuracy=run.accuracy, data_commit=run.data_commit, n_labels=20, run_id="again"))
-    versions = set()
-    deadline = time.monotonic() + 60
-    files = [("images", ("a.png", _png(loop), "image/png"))]
+        tag=second_tag, accuracy=run.accuracy, data_commit=run.data_commit, n_labels=20, run_id="again"))
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        r = httpx.post(f"{server.url}/classify", files=files)
-        assert r.status_code == 200  # no request fails during the swap
-        versions.add(r.json()[0]["model_version"])
-        if new_tag in versions:
+        tail = answers[-80:]
+        if len(tail) == 80 and all(v == second_tag for _, v in tail):
             break
-    assert new_tag in versions and versions <= {run.model_tag, new_tag}
+        time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    failures = [a for a in answers if a[0] != 200]
+    assert not failures, failures[:5]
+    versions = [v for _, v in answers]
+    assert set(versions) == {run.model_tag, second_tag}
+    assert all(v == second_tag for v in versions[-80:]), "not every worker converged on the promoted version"
+    # 40 more requests, spread over both workers: none answers with the old model.
+    later = [_classify(server.url, images[0]).json()[0]["model_version"] for _ in range(40)]
+    assert set(later) == {second_tag}
     assert server._proc.pid == pid_before and server.running
+    print(f"{len(answers)} requests during the swap, none failed")
