@@ -23,6 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 from loop.core import Loop
@@ -50,18 +51,27 @@ def trained_model() -> tuple[Settings, PromotionRecord]:
 
 
 async def _load(url: str, image: bytes, clients: int, seconds: float) -> dict:
+    """`clients` closed-loop clients, one image per request, for `seconds`. aiohttp, not
+    httpx: the load generator shares the 2 cores with the service, so it must be lean."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
 
         async def client() -> None:
             nonlocal errors
             while time.perf_counter() < deadline:
+                form = aiohttp.FormData()
+                form.add_field("images", image, filename="d.png", content_type="image/png")
                 started = time.perf_counter()
-                r = await http.post("/classify", files=[("images", ("d.png", image, "image/png"))])
-                if r.status_code == 200:
+                try:
+                    async with http.post("/classify", data=form) as r:
+                        await r.read()
+                        ok = r.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if ok:
                     latencies.append(time.perf_counter() - started)
                 else:
                     errors += 1
@@ -80,6 +90,47 @@ async def _load(url: str, image: bytes, clients: int, seconds: float) -> dict:
     }
 
 
+def _worker_pids() -> dict[str, list[int]]:
+    """The service's processes by role, from their command lines (Linux /proc)."""
+    roles: dict[str, list[int]] = {"front": [], "classifier": []}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"_bentoml_impl.worker.service" not in args or str(WORK).encode() not in (proc / "environ").read_bytes():
+            continue
+        name = args[args.index(b"--service-name") + 1].decode() if b"--service-name" in args else ""
+        roles["classifier" if name.endswith("classifier") else "front"].append(int(proc.name))
+    return roles
+
+
+def _cpu_s(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total / ticks
+
+
+def _profiled_load(url: str, image: bytes, clients: int, seconds: float, pids: dict[str, list[int]]) -> dict:
+    """The load run plus where the CPU went: seconds of CPU per request in each process."""
+    before = {role: _cpu_s(p) for role, p in pids.items()}
+    own = time.process_time()
+    run = asyncio.run(_load(url, image, clients, seconds))
+    spent = {role: _cpu_s(p) - before[role] for role, p in pids.items()}
+    spent["load_generator"] = time.process_time() - own
+    n = max(run["requests"] + run["errors"], 1)
+    run["cpu_ms_per_request"] = {role: round(1000 * cpu / n, 2) for role, cpu in spent.items()}
+    return run
+
+
 def _predict_100(url: str, image: bytes, repeats: int = 5) -> dict:
     uri = "data:image/png;base64," + base64.b64encode(image).decode()
     tasks = [{"id": i, "data": {"image": uri}} for i in range(100)]
@@ -91,6 +142,34 @@ def _predict_100(url: str, image: bytes, repeats: int = 5) -> dict:
         assert r.status_code == 200 and len(r.json()["results"]) == 100, r.text[:300]
     return {"tasks": 100, "repeats": repeats, "median_s": round(statistics.median(times), 3),
             "max_s": round(max(times), 3)}
+
+
+MODEL_TIMING = """
+import json, time, numpy as np
+from serving.inference import load_model
+model = load_model({tag!r})
+out = {{}}
+for n in (1, 64):
+    x = np.random.default_rng(0).random((n, model.image_size, model.image_size, 1), dtype=np.float32)
+    for _ in range(5):
+        model.keras_model.predict_on_batch(x)
+    started = time.perf_counter()
+    for _ in range(50):
+        model.keras_model.predict_on_batch(x)
+    out[n] = round(1000 * (time.perf_counter() - started) / 50, 2)
+print(json.dumps(out))
+"""
+
+
+def model_forward_ms(settings: Settings, tag: str) -> dict:
+    """The forward pass alone (what batching amortises), in a fresh process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", MODEL_TIMING.format(tag=tag)], env=settings.child_env(),
+                          capture_output=True, text=True, check=True, cwd=ROOT)
+    timing = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"batch_1_ms": timing["1"], "batch_64_ms": timing["64"]}
 
 
 def measure(settings: Settings, batching: bool, image: bytes, seconds: float) -> dict:
@@ -105,11 +184,16 @@ def measure(settings: Settings, batching: bool, image: bytes, seconds: float) ->
         while httpx.get(f"{server.url}/readyz").status_code != 200:
             time.sleep(0.5)
         asyncio.run(_load(server.url, image, 16, 2.0))  # warm-up: graph tracing, connections
-        runs = [asyncio.run(_load(server.url, image, c, seconds)) for c in CONCURRENCY]
-        for run in runs:
+        pids = _worker_pids()
+        runs = []
+        for clients in CONCURRENCY:
+            run = _profiled_load(server.url, image, clients, seconds, pids)
+            runs.append(run)
+            cpu = run["cpu_ms_per_request"]
             print(f"  batching={'on ' if batching else 'off'} clients={run['clients']:>2}: "
                   f"{run['throughput_rps']:>7.1f} req/s  p50 {run['p50_ms']:>7.2f} ms  p99 {run['p99_ms']:>7.2f} ms"
-                  f"  ({run['requests']} ok, {run['errors']} errors)", flush=True)
+                  f"  ({run['requests']} ok, {run['errors']} errors)  CPU ms/request: front {cpu['front']}, "
+                  f"model worker {cpu['classifier']}, load generator {cpu['load_generator']}", flush=True)
         predict = _predict_100(server.url, image) if batching else None
     finally:
         server.stop()
@@ -127,6 +211,9 @@ def main() -> None:
     print(f"model {record.tag}; {args.seconds:.0f} s per level; one image per request", flush=True)
     batched = measure(settings, True, image, args.seconds)
     unbatched = measure(settings, False, image, args.seconds)
+    forward = model_forward_ms(settings, record.tag)
+    print(f"model forward pass alone: {forward['batch_1_ms']} ms for 1 image, {forward['batch_64_ms']} ms for 64",
+          flush=True)
     comparison = []
     for on, off in zip(batched["runs"], unbatched["runs"], strict=True):
         comparison.append({
@@ -144,7 +231,7 @@ def main() -> None:
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "model": record.tag, "seconds_per_level": args.seconds,
-        "batched": batched, "unbatched": unbatched, "comparison": comparison, "targets": targets,
+        "model_forward": forward, "batched": batched, "unbatched": unbatched, "comparison": comparison, "targets": targets,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

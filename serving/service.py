@@ -30,8 +30,8 @@ import aiohttp
 import anyio
 import bentoml
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, HTTPException, Request, Response
+from pydantic import BaseModel, Field, TypeAdapter
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from loop.errors import BadInputError, NoModelError
@@ -169,6 +169,17 @@ def _b64(text: str) -> bytes:
         raise BadInputError("not valid base64") from exc
 
 
+_PREDICTIONS = TypeAdapter(list[ImagePrediction])
+
+
+def _json_response(predictions: list[ImagePrediction]) -> Response:
+    """The typed answer, serialised once by pydantic's Rust core. BentoML would rebuild the
+    output's JSON schema for every response (a fifth of the front's CPU under load,
+    measured with py-spy); a Response is passed through as is. The published schema still
+    comes from the annotation."""
+    return Response(content=_PREDICTIONS.dump_json(predictions), media_type="application/json")
+
+
 ImageList = Annotated[list[Path], Field(min_length=1, description="Image files (PNG, JPEG, ...)")]
 Base64List = Annotated[
     list[str], Field(min_length=1, description="Images as base64 strings or data URIs")
@@ -244,7 +255,7 @@ class Labelloop:
         """Label, class probabilities, query-strategy scores and model version per image
         (multipart upload; one or more files in the `images` field)."""
         raw = [Path(p).read_bytes() for p in images]
-        return await self._classify("classify", raw, [Path(p).name for p in images])
+        return _json_response(await self._classify("classify", raw, [Path(p).name for p in images]))
 
     @bentoml.api(route="/classify_base64")
     async def classify_base64(self, images: Base64List) -> list[ImagePrediction]:
@@ -253,7 +264,7 @@ class Labelloop:
             raw = [_b64(text) for text in images]
         except BadInputError as exc:
             raise bentoml.exceptions.InvalidArgument(str(exc)) from exc
-        return await self._classify("classify_base64", raw, [f"#{i}" for i in range(len(raw))])
+        return _json_response(await self._classify("classify_base64", raw, [f"#{i}" for i in range(len(raw))]))
 
     @backend.post("/classify_raw", response_model=list[ImagePrediction])
     async def classify_raw(self, request: Request) -> list[ImagePrediction]:
