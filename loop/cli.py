@@ -197,6 +197,30 @@ def up(
 
 
 @app.command()
+def schedule() -> None:
+    """Run only the scheduler (collect, retrain policy, events) against an existing Label
+    Studio and service: what the Kubernetes scheduler Deployment runs. SIGTERM stops it."""
+    from loop.scheduler import build_scheduler
+
+    loop = Loop(_settings())
+    if not loop.workspace.exists():
+        console.print(f"creating a digits workspace at {loop.workspace.root} ...")
+        loop.init(starter="digits")
+    loop.connect()
+    scheduler = build_scheduler(loop)
+    scheduler.start()
+    console.print("scheduler running; SIGTERM stops it")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        scheduler.shutdown(wait=True)
+
+
+@app.command()
 def demo(
     rounds: int = 3,
     per_round: Annotated[int, typer.Option(help="Tasks the simulated annotator labels per round")] = 30,

@@ -69,6 +69,8 @@ class LocalLauncher:
             "--workdir", str(workdir),
             "--cache-dir", str(self._settings.workspace / ".dvc" / "cache"),
         ]
+        if self._settings.artifacts_url:
+            cmd += ["--publish", self._settings.artifacts_url]
         log.info("training run %s on data %s (log: %s)", request.run_id, request.data_commit[:10], log_path)
         with log_path.open("w") as log_file:
             try:
@@ -103,4 +105,8 @@ class LocalLauncher:
 def make_launcher(settings: Settings) -> Launcher:
     if settings.launcher == "local":
         return LocalLauncher(settings)
+    if settings.launcher == "kubernetes":
+        from loop.kubernetes import KubernetesLauncher  # the kubernetes client loads only here
+
+        return KubernetesLauncher(settings)
     raise ConfigError(f"unknown launcher {settings.launcher!r}")

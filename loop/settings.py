@@ -115,7 +115,26 @@ class Settings(BaseSettings):
     retrain_interval_s: float = 30.0
     retrain_min_new_labels: int = Field(default=20, ge=1)
     query_strategy: Literal["margin", "least_confidence", "entropy", "random"] = "margin"
-    launcher: Literal["local"] = "local"
+    launcher: Literal["local", "kubernetes"] = Field(
+        default="local", description="Where training runs: a local process or a Kubernetes Job."
+    )
+    artifacts_url: str = Field(
+        default="",
+        description="Shared storage for models, run results and the promotion record "
+        "(s3://..., a shared volume). Empty: this machine's BentoML store and home.",
+    )
+    k8s_namespace: str = "labelloop"
+    k8s_api_url: str = Field(
+        default="", description="Kubernetes API URL. Empty: in-cluster config, else kubeconfig."
+    )
+    k8s_job_template: Path | None = Field(
+        default=None, description="The training Job template. Empty: k8s/base/training-job.yaml."
+    )
+    k8s_training_image: str = "ghcr.io/labelloop/labelloop-training:0.1.0"
+    k8s_git_source: str = Field(
+        default="", description="Git URL training pods clone the workspace from."
+    )
+    k8s_gpus: int = Field(default=1, ge=0, description="nvidia.com/gpu per training pod (0: CPU).")
     rescore_batch_size: int = Field(default=256, ge=1)
     training_timeout_s: float = 1800.0
 
@@ -154,8 +173,11 @@ class Settings(BaseSettings):
         return self.home / "bentoml"
 
     @property
-    def promotion_file(self) -> Path:
-        """The model-promotion record the service watches."""
+    def promotion_file(self) -> Path | str:
+        """The model-promotion record the service watches: in shared storage when there is
+        one (serving replicas in other pods read it), else in the home directory."""
+        if self.artifacts_url:
+            return f"{self.artifacts_url.rstrip('/')}/promotion.json"
         return self.home / "promotion.json"
 
     @property
@@ -163,8 +185,11 @@ class Settings(BaseSettings):
         return self.home / "state.db"
 
     @property
-    def events_dir(self) -> Path:
-        """Spool of Label Studio webhook events, written by the service, read by the loop."""
+    def events_dir(self) -> Path | str:
+        """Spool of Label Studio webhook events, written by the service, read by the loop
+        (in shared storage when there is one: the two run in different pods)."""
+        if self.artifacts_url:
+            return f"{self.artifacts_url.rstrip('/')}/events"
         return self.home / "events"
 
     @property

@@ -1,10 +1,13 @@
 """A training job: what a local process or a Kubernetes pod runs for one training run.
 
-    python -m pipelines.job --source <git url/path> --commit <data commit> --workdir <dir>
+    python -m pipelines.job --run-id <id> --source <git url/path> --commit <data commit>
+                            --workdir <dir> [--publish <shared storage URL>]
 
 Clones the workspace at the data commit, `dvc pull`s its data, `dvc repro`s the
 pipeline, `dvc push`es the outputs, pushes the run's lock file to the branch
-``labelloop/runs/<run id>`` of the source, and writes ``result.json`` into the workdir.
+``labelloop/runs/<run id>`` of the source, and writes ``result.json`` into the workdir;
+with ``--publish`` also exports the model and the result to shared storage
+(`pipelines.artifacts`), which is how a Kubernetes pod hands them back.
 """
 
 from __future__ import annotations
@@ -47,7 +50,10 @@ def _step(message: str) -> None:
     print(f"[job] {message}", flush=True)
 
 
-def run_job(run_id: str, source: str, commit: str, workdir: Path, cache_dir: Path | None = None) -> JobResult:
+def run_job(
+    run_id: str, source: str, commit: str, workdir: Path, cache_dir: Path | None = None,
+    publish: str | None = None,
+) -> JobResult:
     from dvc.repo import Repo
 
     started = time.perf_counter()
@@ -89,6 +95,13 @@ def run_job(run_id: str, source: str, commit: str, workdir: Path, cache_dir: Pat
         metrics=metrics,
         seconds=round(time.perf_counter() - started, 2),
     )
+    if publish:
+        # Another pod promotes and serves it: the model and the result go to shared storage.
+        from pipelines.artifacts import ArtifactStore
+
+        store = ArtifactStore(publish)
+        _step(f"publish {result.model_tag} to {store.export_model(result.model_tag)}")
+        store.write_json(ArtifactStore.result_path(run_id), asdict(result))
     (workdir / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
     _step(f"done: {result.model_tag} accuracy {result.accuracy:.4f} in {result.seconds}s")
     return result
@@ -101,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", required=True)
     parser.add_argument("--workdir", required=True, type=Path)
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--publish", default=None, help="shared storage URL for the model and result")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     try:
-        run_job(args.run_id, args.source, args.commit, args.workdir, args.cache_dir)
+        run_job(args.run_id, args.source, args.commit, args.workdir, args.cache_dir, args.publish)
     except Exception as exc:
         print(f"[job] FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1

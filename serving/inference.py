@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +77,17 @@ def load_model(tag: str) -> LoadedModel:
 
 
 class ModelSlot:
-    def __init__(self, promotion_file: Path, strategy: QueryStrategy, poll_interval_s: float = 1.0):
+    def __init__(
+        self,
+        promotion_file: Path | str,
+        strategy: QueryStrategy,
+        poll_interval_s: float = 1.0,
+        *,
+        fetch_model: Callable[[str], None] | None = None,
+    ):
         self._promotion_file = promotion_file
+        # On Kubernetes the promoted model lives in shared storage: import it first.
+        self._fetch_model = fetch_model
         self._strategy = strategy
         self._poll_interval_s = poll_interval_s
         self._current: LoadedModel | None = None
@@ -109,6 +118,8 @@ class ModelSlot:
             record = read_promotion(self._promotion_file)
             if record is None or (self._current and self._current.tag == record.tag):
                 return False
+            if self._fetch_model is not None:
+                self._fetch_model(record.tag)
             new_model = load_model(record.tag)  # loaded beside the old one
             old = self._current
             self._current, self._record = new_model, record  # the swap: one assignment

@@ -36,6 +36,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from loop.errors import BadInputError, NoModelError
 from loop.settings import Settings
+from pipelines.artifacts import ArtifactStore
 from pipelines.images import decode_image
 from pipelines.strategies import entropy_scores, get_strategy, least_confidence_scores, margin_scores
 from serving.events import spool_event
@@ -79,7 +80,10 @@ class ModelInfo(BaseModel):
 class Classifier:
     def __init__(self) -> None:
         self.strategy = get_strategy(SETTINGS.query_strategy)
-        self.models = ModelSlot(SETTINGS.promotion_file, self.strategy, SETTINGS.model_poll_interval_s)
+        fetch = ArtifactStore(SETTINGS.artifacts_url).ensure_local_model if SETTINGS.artifacts_url else None
+        self.models = ModelSlot(
+            SETTINGS.promotion_file, self.strategy, SETTINGS.model_poll_interval_s, fetch_model=fetch
+        )
         try:
             self.models.refresh()
         except Exception:
@@ -349,8 +353,7 @@ class Labelloop:
         action = payload.get("action")
         if not isinstance(action, str) or not action:
             raise HTTPException(status_code=422, detail="a Label Studio webhook payload has an 'action'")
-        event = spool_event(SETTINGS.events_dir, payload)
-        return WebhookAccepted(action=action, event_id=event.stem)
+        return WebhookAccepted(action=action, event_id=spool_event(SETTINGS.events_dir, payload))
 
 
 Labelloop.add_asgi_middleware(
