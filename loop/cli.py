@@ -130,7 +130,20 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     console.print(f"workspace      {st.workspace} @ {st.data_commit[:10]} (batch {st.label_batch})")
     console.print(f"labels         {st.labels} ({st.labels_pending_training} since last training)")
-    console.print(f"last collect   {st.last_collect or 'never'}")
+    console.print(f"last collect   {st.last_collect or 'never'}"
+                  + (f" -> {st.last_collect_commit[:10]}" if st.last_collect_commit else ""))
+    if st.unpushed_commit:
+        console.print(f"[yellow]not pushed     {st.unpushed_commit[:10]} (the DVC remote was unreachable; "
+                      "the next collect pushes it)[/]")
+    if st.held_back_for_review:
+        console.print(f"[yellow]review         {len(st.held_back_for_review)} images where annotators disagree "
+                      f"(held back from training): {', '.join(st.held_back_for_review[:5])}[/]")
+    if st.pending_deletions:
+        console.print(f"deletions      {st.pending_deletions} pending")
+    training = st.training_in_progress and f"running ({st.training_in_progress})"
+    console.print(f"training       {training or ('queued' if st.training_requested else 'idle')}")
+    if st.next_jobs:
+        console.print("next jobs      " + ", ".join(f"{job} {when or '-'}" for job, when in sorted(st.next_jobs.items())))
     if st.serving:
         console.print(f"promoted model {st.serving.tag} accuracy {st.serving.accuracy:.4f} "
                       f"data {st.serving.data_commit[:10]} ({st.serving.n_labels} labels)")

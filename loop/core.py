@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,12 +23,13 @@ from filelock import FileLock
 
 from labeling import LabelStudioGateway, Task, TaskPrediction
 from loop.errors import ConfigError, LabelStudioError, WorkspaceError
+from loop.faults import FaultPoints
 from loop.launcher import Launcher, TrainingRequest, make_launcher
 from loop.settings import Settings
 from loop.starter import digits_images, folder_images
 from loop.state import RunRecord, StateStore, utcnow
 from loop.workspace import Cursor, Workspace
-from pipelines.labels import LabelEvent, labels_by_image
+from pipelines.labels import LabelEvent, held_back, labels_by_image
 from pipelines.layout import IMAGES_DIR
 from serving import WEBHOOK_SECRET_HEADER, PredictionClient, PromotionRecord, drain_events, read_promotion, write_promotion
 
@@ -58,6 +61,13 @@ class LoopStatus:
     service_version: str | None
     runs: list[RunRecord]
     last_collect: str | None
+    last_collect_commit: str | None = None
+    unpushed_commit: str | None = None  # a data commit not yet in the DVC remote (an outage)
+    training_in_progress: str | None = None  # the lease holder
+    training_requested: bool = False
+    pending_deletions: int = 0
+    held_back_for_review: list[str] = field(default_factory=list)  # annotators disagree (majority tie)
+    next_jobs: dict[str, str | None] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -108,6 +118,32 @@ def _earlier(timestamp: str | None, seconds: float) -> str | None:
     return (moment - timedelta(seconds=seconds)).strftime(CURSOR_FORMAT)
 
 
+#: One training at a time, across processes and restarts: a lease in the state DB that
+#: its holder renews while training; a crashed holder's lease runs out after LEASE_TTL_S.
+TRAINING_LEASE = "training"
+LEASE_TTL_S = 60.0
+
+
+class _Heartbeat:
+    """Calls `renew` every `interval_s` in a daemon thread until stopped."""
+
+    def __init__(self, renew: Callable[[], object], interval_s: float):
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    renew()
+                except Exception:  # a missed beat is retried; the TTL covers two more
+                    log.exception("could not renew the training lease")
+
+        self._thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class Loop:
     def __init__(
         self,
@@ -117,13 +153,16 @@ class Loop:
         launcher: Launcher | None = None,
     ):
         self.settings = settings
-        self.workspace = Workspace(settings.workspace)
+        self.checkpoint = FaultPoints(settings.fault_kill_at)
+        self.workspace = Workspace(settings.workspace, checkpoint=self.checkpoint)
         self.state = StateStore(settings.state_db)
         self.launcher = launcher or make_launcher(settings)
         self._gateway = gateway
         self._training = threading.Lock()
         self._deletions_lock = threading.Lock()
         self._ws_lock = FileLock(str(settings.home / "workspace.lock"))
+        #: This Loop's identity as a lease holder (host, process, instance).
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
     # --- collaborators ---------------------------------------------------------------
     @property
@@ -208,14 +247,20 @@ class Loop:
         annotated task (catches deletions that did not touch a task's `updated_at`).
         """
         ws = self._require_workspace()
+        cp = self.checkpoint
+        cp("collect:begin")
         self.process_events()
+        cp("collect:events-done")
         with self._ws_lock:
             ws.discard_uncommitted_labels()
+            cp("collect:discarded")
             self._push_if_needed()
             cursor = ws.cursor()
+            cp("collect:cursor-read")
             full = full or self._full_collect_due()
             since = None if full else _earlier(cursor.updated_at, self.settings.collect_overlap_s)
             tasks = self.gateway.tasks_updated_since(self.project_id(), since)
+            cp("collect:tasks-fetched")
             known, by_task = ws.known_annotations(), ws.annotations_by_task()
             # Tasks whose annotations were deleted (webhook) or, in a full pass, every task
             # the workspace holds labels for that Label Studio no longer lists as annotated.
@@ -225,18 +270,25 @@ class Loop:
                 recheck |= set(by_task)
             recheck -= {t.id for t in tasks}
             tasks += self.gateway.tasks_by_id(sorted(t for t in recheck if t is not None))
+            cp("collect:rechecked")
             events = annotation_events(tasks, known, by_task, set(ws.classes()))
+            cp("collect:diffed")
             self.state.put("last_collect", utcnow())
             if full:
                 self.state.put("last_full_collect", utcnow())
+            cp("collect:last-collect-saved")
             if not events:
                 self._forget_deletions(deleted)
                 return CollectResult(0, 0, 0, None, cursor.batch)
             newest = max([t.updated_at for t in tasks] + [cursor.updated_at or ""])
             new_cursor = Cursor(batch=cursor.batch + 1, updated_at=newest)
             commit = ws.commit_labels(events, new_cursor)
+            self.state.put("last_collect_commit", commit)
             self._forget_deletions(deleted)
+            cp("collect:deletions-forgotten")
             self._push_if_needed()
+            cp("collect:pushed")
+        cp("collect:end")
         upserts = sum(e.op == "upsert" for e in events)
         log.info("collected batch %d: %d upserts, %d deletes -> %s",
                  new_cursor.batch, upserts, len(events) - upserts, commit[:10])
@@ -267,8 +319,11 @@ class Loop:
         head = self.workspace.head()
         if self.state.get("pushed_commit") == head:
             return
+        self.checkpoint("push:begin")
         self.workspace.push()
+        self.checkpoint("push:pushed")
         self.state.put("pushed_commit", head)
+        self.checkpoint("push:recorded")
 
     # --- train and promote -------------------------------------------------------------
     def labels_pending_training(self) -> int:
@@ -276,6 +331,11 @@ class Loop:
         a failed run is retried when new labels arrive or on request, not in a hot loop)."""
         last = self.state.last_finished_run()
         return self.workspace.labels_in_batches_after(last.label_batch if last else 0)
+
+    def request_training(self, reason: str = "requested") -> None:
+        """Queue a training run (START_TRAINING, a schedule, a person): the retrain job starts it."""
+        self.state.put("training_requested", "1")
+        log.info("training requested (%s)", reason)
 
     def training_requested(self) -> bool:
         return self.state.get("training_requested") == "1"
@@ -300,13 +360,31 @@ class Loop:
         if not self._training.acquire(blocking=False):
             log.info("a training run is already in progress")
             return None
+        holder = self.state.acquire_lease(TRAINING_LEASE, self._owner, LEASE_TTL_S)
+        if holder is not None:
+            self._training.release()
+            log.info("a training run is already in progress (lease held by %s)", holder)
+            return None
+        heartbeat = _Heartbeat(lambda: self.state.acquire_lease(TRAINING_LEASE, self._owner, LEASE_TTL_S),
+                               LEASE_TTL_S / 3)
         try:
             self.state.put("training_requested", "0")
-            with self._ws_lock:
-                self._push_if_needed()
-                commit, batch = ws.head(), ws.cursor().batch
-            run_id = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{commit[:7]}-{secrets.token_hex(2)}"
-            self.state.start_run(run_id, commit, batch, trigger)
+            interrupted = [r for r in self.state.runs(100) if r.status == "running"]
+            if interrupted and getattr(self.launcher, "resumable", False):
+                # We hold the lease, so nobody runs these: a scheduler died while its Job
+                # kept going. Same run id: the launcher adopts the Job instead of a new one.
+                run = interrupted[0]
+                run_id, commit = run.run_id, run.data_commit
+                for other in interrupted[1:]:
+                    self.state.finish_run(other.run_id, "failed", "interrupted (scheduler stopped)")
+                log.info("resuming interrupted run %s", run_id)
+            else:
+                self.state.fail_interrupted_runs()
+                with self._ws_lock:
+                    self._push_if_needed()
+                    commit, batch = ws.head(), ws.cursor().batch
+                run_id = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{commit[:7]}-{secrets.token_hex(2)}"
+                self.state.start_run(run_id, commit, batch, trigger)
             result = self.launcher.run(TrainingRequest(run_id, str(ws.root), commit))
             if not result.succeeded:
                 self.state.finish_run(run_id, "failed", result.error or "unknown error")
@@ -328,6 +406,8 @@ class Loop:
                                   accuracy=result.accuracy, n_labels=result.n_labels)
             log.info("run %s promoted %s (%s)", run_id, result.model_tag, reason)
         finally:
+            heartbeat.stop()
+            self.state.release_lease(TRAINING_LEASE, self._owner)
             self._training.release()
         if not rescore:
             return self.state.run(run_id)
@@ -390,30 +470,39 @@ class Loop:
     def process_events(self) -> bool:
         """Drain webhook events. Returns True when annotations changed (collect soon)."""
         annotations_changed = False
-        for event in drain_events(self.settings.events_dir):
+
+        def handle(event: dict) -> None:  # idempotent: a crash before the ack replays it
+            nonlocal annotations_changed
+            self.checkpoint("events:read")
             action = str(event.get("action", ""))
             if action == "START_TRAINING":
-                self.state.put("training_requested", "1")
+                self.request_training("Label Studio START_TRAINING")
             elif action.startswith("ANNOTATION"):
                 annotations_changed = True
                 if action == "ANNOTATIONS_DELETED":
                     self._note_deletions(
                         {int(a["id"]) for a in event.get("annotations") or [] if "id" in a}
                     )
+            self.checkpoint("events:handled")
+
+        drain_events(self.settings.events_dir, handle)
         return annotations_changed
 
     # --- status ----------------------------------------------------------------------
     def status(self) -> LoopStatus:
         ws = self._require_workspace()
-        labels = len(labels_by_image(ws.events()))
+        events, policy = ws.events(), ws.params().data.label_policy
+        labels = len(labels_by_image(events, policy))
         errors = {}
-        for name in ("collect", "retrain", "rescore"):
+        for name in ("collect", "retrain", "rescore", "events", "cron"):
             value = self.state.get(f"error:{name}")
             if value:
                 errors[name] = value
+        head = ws.head()
+        lease = self.state.lease_holder(TRAINING_LEASE)
         return LoopStatus(
             workspace=str(ws.root),
-            data_commit=ws.head(),
+            data_commit=head,
             label_batch=ws.cursor().batch,
             labels=labels,
             labels_pending_training=self.labels_pending_training(),
@@ -421,5 +510,12 @@ class Loop:
             service_version=PredictionClient.for_settings(self.settings).serving_version(),
             runs=self.state.runs(10),
             last_collect=self.state.get("last_collect"),
+            last_collect_commit=self.state.get("last_collect_commit"),
+            unpushed_commit=None if self.state.get("pushed_commit") == head else head,
+            training_in_progress=lease[0] if lease else None,
+            training_requested=self.training_requested(),
+            pending_deletions=len(self._deleted_annotation_ids()),
+            held_back_for_review=held_back(events, policy),
+            next_jobs=json.loads(self.state.get("schedule") or "{}"),
             errors=errors,
         )

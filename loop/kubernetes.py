@@ -58,6 +58,9 @@ def _transient(exc: BaseException) -> bool:
 
 
 class KubernetesLauncher:
+    #: A restarted scheduler re-attaches to the Job of an interrupted run (same run id).
+    resumable = True
+
     def __init__(self, settings: Settings, api_client: k8s.ApiClient | None = None):
         if not settings.artifacts_url:
             raise ConfigError(

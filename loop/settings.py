@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     )
     retrain_interval_s: float = 30.0
     retrain_min_new_labels: int = Field(default=20, ge=1)
+    retrain_cron: str = Field(
+        default="", description="Also queue a training run on this crontab schedule (UTC), e.g. '0 3 * * *'."
+    )
+    job_backoff_max_s: float = Field(
+        default=600.0, gt=0, description="A failing scheduler job retries with backoff up to this."
+    )
     query_strategy: Literal["margin", "least_confidence", "entropy", "random"] = "margin"
     launcher: Literal["local", "kubernetes"] = Field(
         default="local", description="Where training runs: a local process or a Kubernetes Job."
@@ -137,6 +143,9 @@ class Settings(BaseSettings):
     k8s_gpus: int = Field(default=1, ge=0, description="nvidia.com/gpu per training pod (0: CPU).")
     rescore_batch_size: int = Field(default=256, ge=1)
     training_timeout_s: float = 1800.0
+    fault_kill_at: str = Field(
+        default="", description="Testing only: crash points where the process SIGKILLs itself."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +27,11 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (task_id INTEGER PRIMARY KEY, image TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL       -- unix time; a crashed owner's lease simply runs out
+);
 """
 
 
@@ -57,10 +63,16 @@ class StateStore:
 
     @contextmanager
     def _db(self):
-        db = sqlite3.connect(self.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
-            with db:
-                yield db
+            # Autocommit, except where a method opens its own transaction (BEGIN IMMEDIATE).
+            yield db
+            if db.in_transaction:
+                db.commit()
+        except BaseException:
+            if db.in_transaction:
+                db.rollback()
+            raise
         finally:
             db.close()
 
@@ -76,6 +88,7 @@ class StateStore:
     def set_tasks(self, tasks: dict[int, str]) -> None:
         """The Label Studio task of every pool image (replaces what was there)."""
         with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM tasks")
             db.executemany("INSERT INTO tasks (task_id, image) VALUES (?, ?)", sorted(tasks.items()))
 
@@ -123,6 +136,31 @@ class StateStore:
 
     def last_finished_run(self) -> RunRecord | None:
         return next((r for r in self.runs(100) if r.status != "running"), None)
+
+    # --- leases: one holder at a time, across threads, processes and restarts ----------
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> str | None:
+        """Take (or renew) the lease; None on success, else the current holder."""
+        now = time.time()
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")  # no other writer between the read and the write
+            row = db.execute("SELECT owner, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return row[0]
+            db.execute("INSERT OR REPLACE INTO leases (name, owner, expires_at) VALUES (?, ?, ?)",
+                       (name, owner, now + ttl_s))
+        return None
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    def lease_holder(self, name: str) -> tuple[str, float] | None:
+        """(owner, seconds left) of a live lease."""
+        with self._db() as db:
+            row = db.execute("SELECT owner, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+        if row is None or row[1] <= time.time():
+            return None
+        return row[0], row[1] - time.time()
 
     def fail_interrupted_runs(self) -> int:
         """Runs left 'running' by a killed scheduler: mark failed so a new one can start."""

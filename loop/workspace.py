@@ -21,8 +21,9 @@ import json
 import logging
 import random
 import subprocess
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +102,10 @@ class Cursor:
 
 
 class Workspace:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, checkpoint: Callable[[str], None] | None = None):
         self.root = root.resolve()
+        #: Crash points for the exactly-once tests (`loop.faults`); a no-op by default.
+        self._checkpoint = checkpoint or (lambda point: None)
 
     # --- creation ----------------------------------------------------------------
     @classmethod
@@ -275,31 +278,73 @@ class Workspace:
         return total
 
     # --- writing -------------------------------------------------------------------
+    def clear_stale_git_lock(self, min_age_s: float = 30.0) -> bool:
+        """Remove `.git/index.lock` left by a git process that was killed. Only one loop
+        works on a workspace (the workspace file lock, the scheduler lease), so a lock
+        older than `min_age_s` has no owner left."""
+        lock = self.root / ".git" / "index.lock"
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age < min_age_s:
+            raise WorkspaceError(f"{lock} is {age:.0f}s old: another git process is working here")
+        log.warning("removing a stale git lock (%s, %.0fs old) left by a killed process", lock, age)
+        lock.unlink(missing_ok=True)
+        return True
+
     def discard_uncommitted_labels(self) -> bool:
         """Drop label files a crash left half-written; HEAD's cursor still says where to resume."""
+        self.clear_stale_git_lock()
         dirty = self.git("status", "--porcelain", "--", str(LABELS_DIR))
         if not dirty:
             return False
         log.warning("discarding uncommitted label files left by an interrupted collect:\n%s", dirty)
         self.git("reset", "-q", "--", str(LABELS_DIR))
         self.git("checkout", "-q", "--", str(LABELS_DIR))
-        self.git("clean", "-q", "-fdx", "--", str(LABELS_DIR))
+        # Not -x: the committed shards are DVC outputs that git ignores; only the new,
+        # uncommitted files (unignored again once .gitignore is restored) may go.
+        self.git("clean", "-q", "-fd", "--", str(LABELS_DIR))
+        self.restore_label_shards()
         return True
+
+    def restore_label_shards(self) -> int:
+        """Check out any committed shard missing from the working tree (from the DVC cache,
+        else the remote): the labels the loop compares against must be complete."""
+        missing = [d for d in (self.root / LABELS_DIR).glob("*.csv.dvc") if not d.with_suffix("").exists()]
+        if missing:
+            log.warning("restoring %d label shard(s) missing from the workspace", len(missing))
+            with self._dvc() as repo:
+                try:
+                    repo.checkout(targets=[str(d) for d in missing])
+                except Exception:  # not in the local cache: fetch from the remote
+                    repo.pull(targets=[str(d) for d in missing])
+        return len(missing)
 
     def commit_labels(self, events: Sequence[LabelEvent], cursor: Cursor) -> str:
         """Write one shard + its cursor, `dvc add` the shard, one git commit. Returns the commit."""
         shard = LABELS_DIR / f"batch-{cursor.batch:06d}.csv"
         write_shard(self.root / shard, events)
+        self._checkpoint("commit:shard-written")
         _write_json(self.root / CURSOR_FILE, cursor.__dict__)
+        self._checkpoint("commit:cursor-written")
         self._dvc_add([shard])
+        self._checkpoint("commit:dvc-added")
         self.git("add", "-A", "--", str(LABELS_DIR))
-        ids = sorted({e.annotation_id for e in events if e.annotation_id is not None})
+        self._checkpoint("commit:git-added")
+        # The commit names every annotation version it holds (id@updated_at, or id:deleted):
+        # `git log` answers "which commit brought annotation 42 v3" without reading shards.
+        versions = sorted(
+            f"{e.annotation_id}@{e.annotation_updated_at}" if e.op == "upsert" else f"{e.annotation_id}:deleted"
+            for e in events if e.annotation_id is not None
+        )
         upserts = sum(e.op == "upsert" for e in events)
         message = (
             f"labels: batch {cursor.batch}: {upserts} upserts, {len(events) - upserts} deletes\n\n"
-            f"annotations: {' '.join(map(str, ids))}\n"
+            f"annotations: {' '.join(versions)}\n"
         )
         self.git("commit", "-q", "-m", message)
+        self._checkpoint("commit:committed")
         return self.head()
 
 

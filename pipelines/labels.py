@@ -12,6 +12,7 @@ wins (``labels_by_image``).
 from __future__ import annotations
 
 import csv
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,6 +27,8 @@ __all__ = [
     "shard_paths",
     "current_annotations",
     "labels_by_image",
+    "held_back",
+    "LabelPolicy",
 ]
 
 SEED_SHARD = "seed.csv"
@@ -105,11 +108,37 @@ def current_annotations(events: Iterable[LabelEvent]) -> dict[str, LabelEvent]:
     return state
 
 
-def labels_by_image(events: Iterable[LabelEvent]) -> dict[str, str]:
-    """Current label of every labeled image (latest-updated annotation wins)."""
+LabelPolicy = Literal["latest", "majority"]
+
+
+def labels_by_image(events: Iterable[LabelEvent], policy: LabelPolicy = "latest") -> dict[str, str]:
+    """Current label of every labeled image, when several annotators labeled it:
+
+    - ``latest``: the most recently updated annotation wins;
+    - ``majority``: the label most annotations agree on; a tie is held back (the image is
+      left out of training until someone breaks it; `held_back` lists them).
+    """
+    current = list(current_annotations(events).values())
+    if policy == "majority":
+        votes: dict[str, Counter[str]] = defaultdict(Counter)
+        for event in current:
+            votes[event.image][event.label] += 1
+        out = {}
+        for image, counts in votes.items():
+            (top, n), *rest = counts.most_common()
+            if not rest or rest[0][1] < n:
+                out[image] = top
+        return dict(sorted(out.items()))
     chosen: dict[str, LabelEvent] = {}
-    for event in current_annotations(events).values():
+    for event in current:
         held = chosen.get(event.image)
         if held is None or event.annotation_updated_at >= held.annotation_updated_at:
             chosen[event.image] = event
     return {image: event.label for image, event in sorted(chosen.items())}
+
+
+def held_back(events: Iterable[LabelEvent], policy: LabelPolicy = "latest") -> list[str]:
+    """Images with annotations but no label under `policy` (majority ties: for review)."""
+    events = list(events)
+    labeled = labels_by_image(events, policy)
+    return sorted({e.image for e in current_annotations(events).values()} - set(labeled))

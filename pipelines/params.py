@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,6 +14,9 @@ __all__ = ["Params", "DataParams", "TrainParams", "RegisterParams", "load_params
 class DataParams(BaseModel):
     classes: list[str]
     image_size: int = Field(default=8, ge=1)
+    #: Several annotators on one image: "latest" (last update wins) or "majority" (ties
+    #: are held back for review). pipelines/labels.py applies it.
+    label_policy: Literal["latest", "majority"] = "latest"
 
 
 class TrainParams(BaseModel):

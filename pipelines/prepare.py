@@ -37,7 +37,7 @@ def _arrays(image_dir: Path, labels: dict[str, str], params: Params) -> tuple[np
 
 
 def prepare(params: Params, root: Path, out: Path) -> PrepareResult:
-    train_labels = labels_by_image(read_events(root / LABELS_DIR))
+    train_labels = labels_by_image(read_events(root / LABELS_DIR), params.data.label_policy)
     if not train_labels:
         raise WorkspaceError("no labels yet: label some tasks (or seed the workspace) first")
     with (root / TEST_LABELS).open(newline="") as fh:

@@ -40,7 +40,7 @@ def register(params: Params, root: Path, model_path: Path, metrics_path: Path, o
     import bentoml
 
     metrics = json.loads(metrics_path.read_text())
-    n_labels = len(labels_by_image(read_events(root / LABELS_DIR)))
+    n_labels = len(labels_by_image(read_events(root / LABELS_DIR), params.data.label_policy))
     data_commit = _data_commit(root)
     metadata = {
         "data_commit": data_commit,

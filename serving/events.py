@@ -12,9 +12,12 @@ import os
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["spool_event", "drain_events"]
+
+EventHandler = Callable[[dict[str, Any]], None]
 
 
 def _remote(location: Path | str):
@@ -43,30 +46,33 @@ def spool_event(events_dir: Path | str, payload: dict[str, Any]) -> str:
     return event_id
 
 
-def drain_events(events_dir: Path | str) -> list[dict[str, Any]]:
-    """Read and remove every spooled event, oldest first."""
+def drain_events(events_dir: Path | str, handle: EventHandler | None = None) -> list[dict[str, Any]]:
+    """Hand every spooled event to `handle`, oldest first, and remove it only AFTER it was
+    handled: a crash in between hands it over again (handlers must be idempotent), never
+    loses it. Returns the events."""
+    handled: list[dict[str, Any]] = []
+
+    def one(read, remove) -> None:
+        try:
+            event = json.loads(read())
+        except (OSError, json.JSONDecodeError):
+            remove()  # a torn file cannot exist (atomic writes); anything else is not ours
+            return
+        if handle is not None:
+            handle(event)
+        remove()
+        handled.append(event)
+
     if remote := _remote(events_dir):
         fs, root = remote
         if not fs.exists(root):
             return []
-        names = sorted(p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1][:1].isdigit())
-        events = []
-        for name in names:
-            try:
-                with fs.open(name, "r") as src:
-                    events.append(json.loads(src.read()))
-            except (OSError, json.JSONDecodeError):
-                pass
-            fs.rm(name)
-        return events
+        for name in sorted(p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1][:1].isdigit()):
+            one(lambda name=name: fs.cat_file(name).decode(), lambda name=name: fs.rm(name))
+        return handled
     folder = Path(events_dir)
     if not folder.is_dir():
         return []
-    events = []
     for path in sorted(folder.glob("[0-9]*.json")):
-        try:
-            events.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            pass  # a torn file cannot exist (atomic rename); anything else is not ours
-        path.unlink(missing_ok=True)
-    return events
+        one(path.read_text, lambda path=path: path.unlink(missing_ok=True))
+    return handled

@@ -53,14 +53,14 @@ def label_studio(tmp_path_factory, files_root) -> LabelStudioServer:
 def ls_settings(label_studio, files_root, tmp_path):
     """Settings for one test: its own home, a workspace under the document root, the shared server."""
     def build(name: str, **overrides) -> Settings:
-        return make_settings(
-            tmp_path / "home", files_root / name / "workspace",
+        values = dict(
             label_studio_url=label_studio.url,
             label_studio_api_key=label_studio.token,
             label_studio_files_root=files_root,
             project_title=f"labelloop-{name}",
-            **overrides,
         )
+        values.update(overrides)  # e.g. a proxy in front of the server
+        return make_settings(tmp_path / "home", files_root / name / "workspace", **values)
     return build
 
 

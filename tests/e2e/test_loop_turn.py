@@ -3,34 +3,17 @@ and a real git+DVC workspace with a local remote."""
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from loop.core import Loop
 from loop.demo import simulate_annotator
 from loop.stack import ServiceServer
 from loop.starter import digits_truth
-from pipelines.labels import current_annotations, labels_by_image, read_events
+from pipelines.labels import current_annotations, labels_by_image
 from serving import PredictionClient
+from tests.helpers.remote import labels_from_remote
 
 pytestmark = pytest.mark.e2e
-
-
-def labels_from_remote(workspace_root: Path, scratch: Path) -> list:
-    """Rebuild the label events from what was PUSHED: a fresh clone, a fresh cache,
-    `dvc pull` from the remote. Nothing local to the workspace is trusted."""
-    from dvc.repo import Repo
-
-    clone = scratch / "verify"
-    subprocess.run(["git", "clone", "-q", str(workspace_root), str(clone)], check=True)
-    with Repo(str(clone)) as repo:
-        with repo.config.edit("local") as conf:
-            conf["core"]["site_cache_dir"] = str(scratch / "verify-site")
-            conf["cache"]["dir"] = str(scratch / "verify-cache")
-        repo.pull(targets=[str(clone / "data/labels")], recursive=True)
-    return read_events(clone / "data/labels")
 
 
 def test_one_full_loop_turn(ls_settings, tmp_path):

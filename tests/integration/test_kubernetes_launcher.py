@@ -234,17 +234,3 @@ async def test_an_expired_watch_is_resumed(kmock, launcher_for):
     result = await run
     assert result.succeeded, result.error
     assert time.monotonic() - started < 25  # the MODIFIED event arrived on the resumed watch
-
-
-def test_settings_choose_the_launcher(tmp_path):
-    from loop.errors import ConfigError
-    from loop.launcher import LocalLauncher, make_launcher
-
-    assert isinstance(make_launcher(make_settings(tmp_path / "h", tmp_path / "w")), LocalLauncher)
-    with pytest.raises(ConfigError, match="LABELLOOP_ARTIFACTS_URL"):
-        make_launcher(make_settings(tmp_path / "h", tmp_path / "w", launcher="kubernetes"))
-    k = make_launcher(make_settings(tmp_path / "h", tmp_path / "w", launcher="kubernetes",
-                                    artifacts_url=str(tmp_path / "a"), k8s_git_source="/g",
-                                    k8s_api_url="http://127.0.0.1:1"))
-    assert isinstance(k, KubernetesLauncher)
-    assert yaml.safe_load(k.template and yaml.safe_dump(k.template))["kind"] == "Job"

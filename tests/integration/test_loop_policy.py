@@ -97,3 +97,84 @@ def test_start_training_event_from_label_studio_forces_a_run(loop_with):
     run = loop.retrain_if_due()
     assert run is not None and run.trigger == "requested"
     assert loop.retrain_if_due() is None  # the request was consumed
+
+
+class BlockingLauncher(ScriptedLauncher):
+    """Holds its run until released: a long training in progress."""
+
+    def __init__(self, outcomes, *, resumable: bool = False):
+        super().__init__(outcomes)
+        import threading
+
+        self.started, self.release = threading.Event(), threading.Event()
+        self.resumable = resumable
+
+    def run(self, request):
+        self.started.set()
+        assert self.release.wait(30)
+        return super().run(request)
+
+
+def test_one_training_at_a_time_across_loop_instances(loop_with):
+    """Two schedulers on one home (a restart overlapping the old process): the lease in
+    the state DB lets exactly one train."""
+    import threading
+
+    loop, _ = loop_with([])
+    blocking = BlockingLauncher([(True, 0.8), (True, 0.9)])
+    first = Loop(loop.settings, launcher=blocking)
+    second = Loop(loop.settings, launcher=blocking)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(first.train(trigger="a", rescore=False)))
+    worker.start()
+    assert blocking.started.wait(10)
+    assert second.train(trigger="b", rescore=False) is None  # the lease is taken
+    holder = second.state.lease_holder("training")
+    assert holder is not None and holder[0] == first._owner
+    blocking.release.set()
+    worker.join(10)
+    assert result[0].status == "promoted"
+    assert second.state.lease_holder("training") is None  # released at the end
+    assert second.train(trigger="b", rescore=False).status == "promoted"
+
+
+def test_a_crashed_holders_lease_runs_out_and_its_run_is_resumed(loop_with):
+    """A scheduler died mid-run: its lease expires, the next scheduler re-attaches to the
+    same run id when the launcher can (Kubernetes), else marks the run failed."""
+    loop, _ = loop_with([])
+    loop.state.start_run("run-orphan", loop.workspace.head(), 0, "labels")
+    loop.state.acquire_lease("training", "dead-host:4242:abc", ttl_s=1.0)
+    resumable = BlockingLauncher([(True, 0.85)], resumable=True)
+    resumable.release.set()
+    restarted = Loop(loop.settings, launcher=resumable)
+    assert restarted.train(trigger="t", rescore=False) is None  # the dead holder's lease is still live
+    import time
+
+    time.sleep(1.1)
+    run = restarted.train(trigger="t", rescore=False)
+    assert run.run_id == "run-orphan" and run.status == "promoted"
+    assert [r.run_id for r in resumable.requests] == ["run-orphan"]
+    # Not resumable (a local process died with its scheduler): failed, and a new run starts.
+    loop.state.start_run("run-orphan-2", loop.workspace.head(), 0, "labels")
+    local = ScriptedLauncher([(True, 0.9)])
+    fresh = Loop(loop.settings, launcher=local).train(trigger="t", rescore=False)
+    assert fresh.run_id != "run-orphan-2" and fresh.status == "promoted"
+    assert loop.state.run("run-orphan-2").status == "failed"
+    assert "interrupted" in loop.state.run("run-orphan-2").reason
+
+
+def test_every_trigger_goes_through_the_one_retrain_queue(loop_with):
+    """A cron schedule and START_TRAINING only mark a run as due; retrain_if_due starts it."""
+    from loop.errors import ConfigError
+    from loop.scheduler import build_scheduler
+
+    loop, launcher = loop_with([(True, 0.8), (True, 0.9)], retrain_cron="0 3 * * *")
+    scheduler = build_scheduler(loop)
+    cron = scheduler.get_job("cron")
+    assert cron is not None and "hour='3'" in str(cron.trigger)
+    cron.func(**cron.kwargs)  # what the scheduler does at 03:00
+    assert loop.training_requested()
+    assert loop.retrain_if_due().trigger == "requested"
+    assert not loop.training_requested() and loop.retrain_if_due() is None
+    with pytest.raises(ConfigError, match="crontab"):
+        build_scheduler(Loop(loop.settings.model_copy(update={"retrain_cron": "every night"}), launcher=launcher))

@@ -54,7 +54,7 @@ def test_a_batch_is_one_commit_with_its_cursor_and_reaches_the_remote(workspace,
     commit = workspace.commit_labels(events, Cursor(batch=1, updated_at="2026-01-01T00:00:00.000000Z"))
     workspace.push()
     assert int(workspace.git("rev-list", "--count", "HEAD")) == commits_before + 1
-    assert "annotations: 7" in workspace.git("log", "-1", "--format=%B", commit)
+    assert "annotations: 7@2026-01-01T00:00:00.000000Z" in workspace.git("log", "-1", "--format=%B", commit)
     assert workspace.cursor() == Cursor(batch=1, updated_at="2026-01-01T00:00:00.000000Z")
     assert len(_remote_objects(tmp_path / "remote") - before) == 1  # only the new shard
     assert labels_by_image(workspace.events())[image] == "dog"
@@ -85,3 +85,27 @@ def test_remote_alone_rebuilds_the_labels(workspace, tmp_path):
             conf["core"]["site_cache_dir"] = str(clone / ".dvc" / "tmp" / "site")
         repo.pull(allow_missing=True)  # pipeline outputs do not exist before a run
     assert labels_by_image(read_events(clone / "data/labels")) == labels_by_image(workspace.events())
+
+
+def test_discarding_an_interrupted_batch_keeps_every_committed_shard(workspace):
+    """A crash between writing a shard and committing it: the leftovers go, the committed
+    shards (DVC outputs that git ignores) stay, and a missing one is restored."""
+    image = workspace.pool_images()[0]
+    event = LabelEvent(image=image, label="dog", task_id=1, annotation_id=9,
+                       annotation_updated_at="2026-01-02T00:00:00.000000Z")
+    workspace.commit_labels([event], Cursor(batch=1, updated_at="2026-01-02T00:00:00.000000Z"))
+    known_before = workspace.known_annotations()
+    labels_dir = workspace.root / "data" / "labels"
+    # Interrupted after `dvc add` of batch 2 (shard, .dvc file, .gitignore and cursor changed).
+    half = [LabelEvent(image=image, label="cat", annotation_id=10, annotation_updated_at="x")]
+    from pipelines.labels import write_shard
+    write_shard(labels_dir / "batch-000002.csv", half)
+    workspace._dvc_add([labels_dir.relative_to(workspace.root) / "batch-000002.csv"])
+    assert workspace.discard_uncommitted_labels()
+    assert not (labels_dir / "batch-000002.csv").exists() and not (labels_dir / "batch-000002.csv.dvc").exists()
+    assert workspace.known_annotations() == known_before and 9 in known_before
+    assert workspace.git("status", "--porcelain") == ""
+    # A committed shard deleted from the working tree comes back from the DVC cache.
+    (labels_dir / "batch-000001.csv").unlink()
+    assert workspace.restore_label_shards() == 1
+    assert workspace.known_annotations() == known_before

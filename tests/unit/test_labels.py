@@ -36,3 +36,25 @@ def test_shards_round_trip_in_order(tmp_path):
     events = read_events(tmp_path)
     assert [e.annotation_id for e in events] == [None, 4, 5]
     assert events[1] == ann("b.png", "2", 4, "t1")
+
+
+def test_several_annotators_latest_or_majority_with_ties_held_back():
+    from pipelines.labels import held_back
+
+    def ann(image, label, annotation_id, when):
+        return LabelEvent(image=image, label=label, annotation_id=annotation_id, annotation_updated_at=when)
+
+    events = [
+        ann("a.png", "3", 1, "2026-01-01T00:00:01"), ann("a.png", "3", 2, "2026-01-01T00:00:02"),
+        ann("a.png", "8", 3, "2026-01-01T00:00:03"),  # 2 votes to 1; the latest says 8
+        ann("b.png", "1", 4, "2026-01-01T00:00:01"), ann("b.png", "7", 5, "2026-01-01T00:00:02"),  # a tie
+        ann("c.png", "5", 6, "2026-01-01T00:00:01"),
+    ]
+    assert labels_by_image(events, "latest") == {"a.png": "8", "b.png": "7", "c.png": "5"}
+    assert labels_by_image(events, "majority") == {"a.png": "3", "c.png": "5"}
+    assert held_back(events, "majority") == ["b.png"] and held_back(events, "latest") == []
+    # A third annotator breaks the tie; deleting a vote changes the majority.
+    broken = events + [ann("b.png", "7", 7, "2026-01-01T00:00:05")]
+    assert labels_by_image(broken, "majority")["b.png"] == "7"
+    retracted = events + [LabelEvent(image="a.png", label="3", op="delete", annotation_id=2)]
+    assert "a.png" not in labels_by_image(retracted, "majority")  # 3 vs 8: now a tie
