@@ -62,7 +62,7 @@ bench-serving: $(VENV)/.project
 	$(VENV)/bin/python -m bench.serving
 
 lock: | $(UV)
-	$(UV) pip compile --quiet pyproject.toml --extra test --python-version 3.11 -o requirements.lock
+	$(UV) pip compile --quiet pyproject.toml --extra test --extra bench --python-version 3.11 -o requirements.lock
 	printf 'label-studio==1.23.2\n' | $(UV) pip compile --quiet - --python-version 3.11 -o requirements-labelstudio.lock
 
 clean:

@@ -157,6 +157,10 @@ _retry_transient = retry(
 )
 
 
+#: The Data Manager tab labelloop keeps ordered by prediction score.
+QUEUE_VIEW_TITLE = "labelloop queue"
+
+
 class LabelStudioGateway:
     def __init__(self, url: str, api_key: str, *, timeout_s: float = 100.0):
         if not api_key:
@@ -329,15 +333,37 @@ class LabelStudioGateway:
             )
         return len(payload)
 
-    def align_queue(self, project_id: int, model_version: str) -> None:
-        """Serve the lowest prediction score first, from predictions of this model version."""
+    def align_queue(self, project_id: int, model_version: str, *, skip_queue: str = "REQUEUE_FOR_OTHERS") -> None:
+        """Serve the lowest prediction score first, from predictions of this model version;
+        skipped tasks go back to the queue as `skip_queue` says (Label Studio's project
+        setting: REQUEUE_FOR_OTHERS, REQUEUE_FOR_ME or IGNORE_SKIPPED)."""
         self._call(
             "set the project's queue order",
             self._client.projects.update,
             id=project_id,
             model_version=model_version,
             sampling="Uncertainty sampling",
+            skip_queue=skip_queue,
         )
+
+    def ensure_queue_view(self, project_id: int, title: str = QUEUE_VIEW_TITLE) -> int:
+        """A Data Manager tab with the unlabeled tasks ordered by prediction score (most
+        useful first), for "Label Tasks As Displayed" and for people looking at the queue."""
+        for view in self._call("list Data Manager tabs", self._client.views.list, project=project_id):
+            data = view.data if isinstance(view.data, dict) else (view.data.dict() if view.data else {})
+            if data.get("title") == title:
+                return int(view.id)
+        view = self._call(
+            "create the queue tab", self._client.views.create, project=project_id,
+            data={
+                "title": title,
+                "ordering": ["tasks:predictions_score"],
+                "filters": {"conjunction": "and", "items": [
+                    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
+                ]},
+            },
+        )
+        return int(view.id)
 
     def connect_ml_backend(
         self,
@@ -379,9 +405,10 @@ class LabelStudioGateway:
         return backend_id
 
     # --- annotating (what a person does in the UI) -------------------------------------
-    def next_task(self, project_id: int) -> Task | None:
-        """The task Label Studio's queue hands an annotator next (None when done)."""
-        raw = self._get(f"api/projects/{project_id}/next/")
+    def next_task(self, project_id: int, view: int | None = None) -> Task | None:
+        """The task Label Studio's queue hands an annotator next (None when done); with a
+        `view`, the next task in that Data Manager tab's order."""
+        raw = self._get(f"api/projects/{project_id}/next/" + (f"?view={view}" if view else ""))
         return _task(raw) if raw and raw.get("id") else None
 
     def annotate(self, task_id: int, label: str, *, lead_time_s: float = 1.0) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock
 
 from labeling import LabelStudioGateway, Task, TaskPrediction
@@ -31,6 +32,7 @@ from loop.state import RunRecord, StateStore, utcnow
 from loop.workspace import Cursor, Workspace
 from pipelines.labels import LabelEvent, held_back, labels_by_image
 from pipelines.layout import IMAGES_DIR
+from pipelines.strategies import diverse_margin_order, order_to_scores
 from serving import WEBHOOK_SECRET_HEADER, PredictionClient, PromotionRecord, drain_events, read_promotion, write_promotion
 
 __all__ = ["Loop", "CollectResult", "LoopStatus", "annotation_events"]
@@ -452,19 +454,41 @@ class Loop:
             if progress:
                 progress("re-scoring pool", done, len(tasks))
 
-        preds = client.classify_files([ws.image_path(name) for _, name in tasks], on_batch=on_batch)
+        batch_mode = self.settings.query_strategy == "diverse_margin"
+        preds = client.classify_files([ws.image_path(name) for _, name in tasks], on_batch=on_batch,
+                                      with_embeddings=batch_mode)
+        scores = [p.score for p in preds]
+        if batch_mode and preds:
+            scores = self.batch_mode_scores(client, preds)
         stale = {p.model_version for p in preds} - {tag}
         if stale:  # the service swapped again mid-way: the next promotion re-scores
             log.warning("pool scored partly by %s; skipping push", stale)
             return 0
         pushed = self.gateway.push_predictions(project, [
-            TaskPrediction(task_id=task_id, label=p.label, score=p.score, model_version=p.model_version)
-            for (task_id, _), p in zip(tasks, preds, strict=True)
+            TaskPrediction(task_id=task_id, label=p.label, score=score, model_version=p.model_version)
+            for (task_id, _), p, score in zip(tasks, preds, scores, strict=True)
         ])
-        self.gateway.align_queue(project, tag)
+        self.gateway.align_queue(project, tag, skip_queue=self.settings.skip_queue)
+        self.state.put("queue_view", str(self.gateway.ensure_queue_view(project)))
         self.state.put("rescored", f"{tag} {pushed}")
         log.info("re-scored %d pool tasks with %s in %.1fs", pushed, tag, time.perf_counter() - started)
         return pushed
+
+    def batch_mode_scores(self, client: PredictionClient, preds: list) -> list[float]:
+        """Batch mode over the whole pool: the next `query_batch_size` tasks are uncertain
+        AND far from each other and from what is labeled (in the model's embedding space)."""
+        ws = self.workspace
+        labeled = [ws.image_path(name) for name in labels_by_image(ws.events(), ws.params().data.label_policy)]
+        labeled_embeddings = np.array([p.embedding for p in client.classify_files(
+            [path for path in labeled if path.exists()], with_embeddings=True)], dtype=np.float32)
+        classes = list(preds[0].probabilities)
+        order = diverse_margin_order(
+            np.array([[p.probabilities[c] for c in classes] for p in preds]),
+            np.array([p.embedding for p in preds], dtype=np.float32),
+            labeled_embeddings=labeled_embeddings if len(labeled_embeddings) else None,
+            batch_size=self.settings.query_batch_size,
+        )
+        return [float(s) for s in order_to_scores(order)]
 
     # --- events from the service's webhook -------------------------------------------------
     def process_events(self) -> bool:

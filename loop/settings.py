@@ -120,7 +120,15 @@ class Settings(BaseSettings):
     job_backoff_max_s: float = Field(
         default=600.0, gt=0, description="A failing scheduler job retries with backoff up to this."
     )
-    query_strategy: Literal["margin", "least_confidence", "entropy", "random"] = "margin"
+    query_strategy: Literal["margin", "diverse_margin", "least_confidence", "entropy", "random"] = "margin"
+    skip_queue: Literal["REQUEUE_FOR_OTHERS", "REQUEUE_FOR_ME", "IGNORE_SKIPPED"] = Field(
+        default="REQUEUE_FOR_OTHERS",
+        description="Skipped tasks: back in the queue for other annotators (not the one who skipped), "
+        "for the same annotator later, or never again.",
+    )
+    query_batch_size: int = Field(
+        default=10, ge=1, description="Tasks annotators take per round (batch-mode strategies pick this many)."
+    )
     launcher: Literal["local", "kubernetes"] = Field(
         default="local", description="Where training runs: a local process or a Kubernetes Job."
     )

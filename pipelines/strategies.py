@@ -14,8 +14,9 @@ import numpy as np
 from loop.errors import BadInputError
 
 __all__ = [
-    "QueryStrategy", "Margin", "LeastConfidence", "Entropy", "RandomSampling",
+    "QueryStrategy", "Margin", "DiverseMargin", "LeastConfidence", "Entropy", "RandomSampling",
     "margin_scores", "least_confidence_scores", "entropy_scores", "get_strategy", "STRATEGIES",
+    "k_center_greedy", "diverse_margin_order", "cold_start_order", "order_to_scores",
 ]
 
 
@@ -99,7 +100,15 @@ class RandomSampling:
         return self._rng.random(_checked(probabilities).shape[0])
 
 
+class DiverseMargin(Margin):
+    """Batch mode: margin within diversity (`diverse_margin_order`) when the whole pool is
+    re-scored; a single image (the client API, one Label Studio task) gets its margin."""
+
+    name = "diverse_margin"
+
+
 STRATEGIES: dict[str, type[QueryStrategy]] = {
+    "diverse_margin": DiverseMargin,
     "margin": Margin,
     "least_confidence": LeastConfidence,
     "entropy": Entropy,
@@ -114,3 +123,90 @@ def get_strategy(name: str) -> QueryStrategy:
         raise BadInputError(
             f"unknown query strategy {name!r}; choose one of {sorted(STRATEGIES)}"
         ) from None
+
+
+# --- batch mode: informative AND different from each other -------------------------------
+# Pointwise scores rank each task alone, so one batch can fill up with near-duplicates the
+# model is equally unsure about. These pick a batch that covers the embedding space.
+
+
+def _checked_features(features: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise BadInputError(f"{name} must be (n_items, n_features), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise BadInputError(f"{name} contain NaN or infinite values")
+    return x
+
+
+def k_center_greedy(
+    features: np.ndarray, k: int, *, anchors: np.ndarray | None = None, seed: int = 0
+) -> list[int]:
+    """Core-set selection (Sener & Savarese, 2018): repeatedly take the item farthest from
+    everything chosen so far (and from `anchors`, e.g. the labeled items). Returns `k`
+    distinct indices into `features`; with no anchors the first pick is seeded-random."""
+    x = _checked_features(features, "features")
+    n = x.shape[0]
+    k = min(k, n)
+    if k <= 0:
+        return []
+    nearest = np.full(n, np.inf)
+    if anchors is not None and len(anchors):
+        a = _checked_features(anchors, "anchors")
+        for start in range(0, len(a), 1024):  # bounded memory for big labeled sets
+            d = ((x[:, None, :] - a[None, start:start + 1024, :]) ** 2).sum(-1)
+            nearest = np.minimum(nearest, d.min(axis=1))
+        first = int(np.argmax(nearest))
+    else:
+        first = int(np.random.default_rng(seed).integers(n))
+    picked = [first]
+    nearest = np.minimum(nearest, ((x - x[first]) ** 2).sum(1))
+    nearest[first] = -1.0
+    while len(picked) < k:
+        nxt = int(np.argmax(nearest))
+        picked.append(nxt)
+        nearest = np.minimum(nearest, ((x - x[nxt]) ** 2).sum(1))
+        nearest[picked] = -1.0
+    return picked
+
+
+def diverse_margin_order(
+    probabilities: np.ndarray,
+    embeddings: np.ndarray,
+    *,
+    labeled_embeddings: np.ndarray | None = None,
+    batch_size: int = 10,
+    candidates_per_pick: int = 5,
+) -> np.ndarray:
+    """Margin within diversity: the `batch_size * candidates_per_pick` smallest-margin items
+    are the candidates; k-center greedy (away from the labeled items and each other) picks
+    the batch among them; everything else follows in margin order. Returns the full
+    ordering of the pool (indices, most useful first)."""
+    margins = margin_scores(probabilities)
+    x = _checked_features(embeddings, "embeddings")
+    if x.shape[0] != margins.shape[0]:
+        raise BadInputError(f"{x.shape[0]} embeddings for {margins.shape[0]} predictions")
+    by_margin = np.argsort(margins, kind="stable")
+    candidates = by_margin[: max(batch_size * candidates_per_pick, batch_size)]
+    picks = [int(candidates[i]) for i in k_center_greedy(x[candidates], batch_size, anchors=labeled_embeddings)]
+    chosen = set(picks)
+    return np.array(picks + [int(i) for i in by_margin if int(i) not in chosen], dtype=np.int64)
+
+
+def cold_start_order(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """No model yet: a diversity ordering of the whole pool (k-center greedy on the raw
+    image features), so the first labels cover the data instead of following task ids."""
+    x = _checked_features(features, "features")
+    return np.array(k_center_greedy(x, x.shape[0], seed=seed), dtype=np.int64)
+
+
+def order_to_scores(order: np.ndarray) -> np.ndarray:
+    """A per-item score from an ordering (lower = label first), for Label Studio's queue:
+    the item at position r scores r / n."""
+    order = np.asarray(order, dtype=np.int64)
+    n = len(order)
+    if sorted(order.tolist()) != list(range(n)):
+        raise BadInputError("an ordering must hold every index exactly once")
+    scores = np.empty(n)
+    scores[order] = np.arange(n) / max(n, 1)
+    return scores

@@ -72,13 +72,15 @@ class PredictionClient:
         return False
 
     def classify_files(
-        self, paths: Sequence[Path], *, on_batch: Callable[[int], None] | None = None
+        self, paths: Sequence[Path], *, on_batch: Callable[[int], None] | None = None,
+        with_embeddings: bool = False,
     ) -> list[ImagePrediction]:
         out: list[ImagePrediction] = []
         for start in range(0, len(paths), CLIENT_BATCH):
             chunk = paths[start : start + CLIENT_BATCH]
             files = [("images", (p.name, p.read_bytes(), "image/png")) for p in chunk]
-            response = self._http.post("/classify", files=files)
+            data = {"with_embeddings": "true"} if with_embeddings else None
+            response = self._http.post("/classify", files=files, data=data)
             response.raise_for_status()
             out += [ImagePrediction.model_validate(item) for item in response.json()]
             if on_batch:

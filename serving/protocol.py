@@ -77,3 +77,6 @@ class ImagePrediction(BaseModel):
     )
     strategy: str
     model_version: str
+    embedding: list[float] | None = Field(
+        default=None, description="Penultimate-layer activations (only when asked: with_embeddings)"
+    )

@@ -114,6 +114,8 @@ class Classifier:
                 scores={name: round(float(values[i]), 6) for name, values in all_scores.items()},
                 strategy=self.strategy.name,
                 model_version=scored.version,
+                embedding=[round(float(v), 5) for v in scored.embeddings[i]] if scored.embeddings is not None
+                and scored.embeddings.size else None,
             )
             for i, (label, row, score) in enumerate(zip(scored.labels, probs, scored.scores, strict=True))
         ]
@@ -235,7 +237,9 @@ class Labelloop:
             raise
         return [ImagePrediction.model_validate(o) if isinstance(o, dict) else o for o in out]
 
-    async def _classify(self, route: str, raw: list[bytes], refs: list[str]) -> list[ImagePrediction]:
+    async def _classify(
+        self, route: str, raw: list[bytes], refs: list[str], *, with_embeddings: bool = False
+    ) -> list[ImagePrediction]:
         try:
             if not raw:
                 raise BadInputError("no image in the request")
@@ -250,16 +254,20 @@ class Labelloop:
         except NoModelError as exc:
             raise bentoml.exceptions.ServiceUnavailable(str(exc)) from exc
         predictions = [p for part in parts for p in part]
+        if not with_embeddings:  # the model worker always computes them (same pass); few want them
+            predictions = [p.model_copy(update={"embedding": None}) for p in predictions]
         self.telemetry.predictions(route, predictions, refs)
         return predictions
 
     # --- client API ------------------------------------------------------------------
     @bentoml.api(route="/classify")
-    async def classify(self, images: ImageList) -> list[ImagePrediction]:
+    async def classify(self, images: ImageList, with_embeddings: bool = False) -> list[ImagePrediction]:
         """Label, class probabilities, query-strategy scores and model version per image
-        (multipart upload; one or more files in the `images` field)."""
+        (multipart upload; one or more files in the `images` field). `with_embeddings`:
+        also the model's penultimate-layer activations (batch-mode query strategies)."""
         raw = [Path(p).read_bytes() for p in images]
-        return _json_response(await self._classify("classify", raw, [Path(p).name for p in images]))
+        return _json_response(await self._classify("classify", raw, [Path(p).name for p in images],
+                                                   with_embeddings=with_embeddings))
 
     @bentoml.api(route="/classify_base64")
     async def classify_base64(self, images: Base64List) -> list[ImagePrediction]:

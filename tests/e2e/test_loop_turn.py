@@ -34,6 +34,13 @@ def test_one_full_loop_turn(ls_settings, tmp_path):
             [loop.workspace.image_path(n) for n in pool]), strict=True)}
         first_in_queue = gateway.next_task(project)
         assert scores[first_in_queue.image_name] == pytest.approx(min(scores.values()), abs=1e-6)
+        # The Data Manager tab "labelloop queue" orders the same way ("Label Tasks As Displayed").
+        view = int(loop.state.get("queue_view"))
+        assert gateway.next_task(project, view=view).image_name == first_in_queue.image_name
+        assert gateway.ensure_queue_view(project) == view  # idempotent
+        project_settings = gateway._client.projects.get(id=project)
+        assert project_settings.skip_queue == "REQUEUE_FOR_OTHERS"
+        assert project_settings.sampling == "Uncertainty sampling"
 
         # The annotator works the queue Label Studio hands out, answering from ground truth.
         truth = digits_truth()

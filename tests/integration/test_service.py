@@ -110,6 +110,44 @@ def test_base64_json_and_raw_bytes_give_the_same_answers(promoted, trained):
         assert answer["probabilities"] == pytest.approx(multipart["probabilities"], abs=1e-5)
 
 
+def test_embeddings_feed_the_batch_mode_strategy(promoted, trained):
+    """With embeddings from the service, the next batch is uncertain AND spread out."""
+    import numpy as np
+
+    from pipelines.strategies import margin_scores
+    from serving import PredictionClient
+
+    _, server, run = promoted
+    loop, _ = trained
+    client = PredictionClient(server.url)
+    paths = [loop.workspace.image_path(n) for n in loop.workspace.pool_images()[:200]]
+    preds = client.classify_files(paths, with_embeddings=True)
+    assert len(preds[0].embedding) == 128 and client.classify_files(paths[:1])[0].embedding is None
+    scores = np.array(loop.batch_mode_scores(client, preds))
+    assert sorted(np.round(scores * 200).astype(int).tolist()) == list(range(200))  # a full ordering
+    batch = np.argsort(scores)[: loop.settings.query_batch_size]
+    margins = margin_scores(np.array([list(p.probabilities.values()) for p in preds]))
+    assert set(batch) <= set(np.argsort(margins, kind="stable")[:50])  # among the most uncertain
+    embeddings = np.array([preds[i].embedding for i in batch])
+    distances = ((embeddings[:, None] - embeddings[None]) ** 2).sum(-1)
+    assert (distances[~np.eye(len(batch), dtype=bool)] > 0).all()  # no two alike
+
+
+def test_the_readme_python_client_example_works(promoted, trained, tmp_path):
+    """bentoml.SyncHTTPClient, as the README shows it: typed methods from the published schema."""
+    import bentoml
+
+    _, server, run = promoted
+    loop, _ = trained
+    digit = tmp_path / "digit.png"
+    digit.write_bytes(_png(loop, 3))
+    with bentoml.SyncHTTPClient(server.url) as client:
+        out = client.classify(images=[digit, digit])
+        b64 = client.classify_base64(images=[base64.b64encode(_png(loop, 3)).decode()])
+    _check_predictions(out, 2, run.model_tag)
+    assert b64[0]["label"] == out[0]["label"]
+
+
 def test_any_size_and_colour_mode_is_converted_like_training(promoted, trained):
     """An RGB JPEG at 10x the size and an RGBA / palette PNG: same preprocessing code as
     training (grayscale, box resize), so the same digit gets the same label."""

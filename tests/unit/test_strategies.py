@@ -100,3 +100,62 @@ def test_every_setting_value_names_a_strategy():
 def test_unknown_strategy_is_a_named_error():
     with pytest.raises(BadInputError, match="unknown query strategy 'nope'"):
         get_strategy("nope")
+
+
+# --- batch mode and cold start ---------------------------------------------------------------
+from pipelines.strategies import cold_start_order, diverse_margin_order, k_center_greedy, order_to_scores  # noqa: E402
+
+
+def _clusters(n_per=20, centers=((0, 0), (10, 0), (0, 10), (10, 10)), seed=0):
+    rng = np.random.default_rng(seed)
+    points = np.concatenate([np.asarray(c) + rng.normal(0, 0.3, (n_per, 2)) for c in centers])
+    return points, np.repeat(np.arange(len(centers)), n_per)
+
+
+def test_k_center_picks_no_duplicate_and_spreads_across_clusters():
+    points, cluster = _clusters()
+    picks = k_center_greedy(points, 4, seed=3)
+    assert len(set(picks)) == 4
+    assert sorted(cluster[picks]) == [0, 1, 2, 3]  # one from each cluster
+
+
+def test_k_center_stays_away_from_what_is_labeled():
+    points, cluster = _clusters()
+    labeled = np.concatenate([points[cluster == 0][:3], points[cluster == 1][:3], points[cluster == 2][:3]])
+    assert cluster[k_center_greedy(points, 1, anchors=labeled)[0]] == 3
+
+
+def test_exact_duplicates_are_never_both_picked_while_others_remain():
+    points = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [9.0, 0.0]])
+    picks = k_center_greedy(points, 3, seed=0)
+    assert len(set(picks)) == 3 and not {0, 1} <= set(picks)
+
+
+def test_diverse_margin_takes_uncertain_items_from_different_clusters():
+    points, cluster = _clusters(n_per=10)
+    # The model is unsure about everything in clusters 0 and 1, sure about 2 and 3; the
+    # plain margin order would spend the whole batch on cluster 0 (its margins are lowest).
+    margin = np.where(cluster == 0, 0.01, np.where(cluster == 1, 0.05, 0.9)) + np.linspace(0, 0.001, len(cluster))
+    probs = np.stack([(1 + margin) / 2, (1 - margin) / 2], axis=1)
+    order = diverse_margin_order(probs, points, batch_size=2, candidates_per_pick=10)
+    assert sorted(cluster[order[:2]]) == [0, 1]
+    assert sorted(order.tolist()) == list(range(len(cluster)))  # a full ordering
+    plain = np.argsort(margin_scores(probs), kind="stable")[:2]
+    assert set(cluster[plain]) == {0}
+
+
+def test_cold_start_order_covers_the_clusters_first():
+    points, cluster = _clusters()
+    order = cold_start_order(points, seed=1)
+    assert sorted(cluster[order[:4]]) == [0, 1, 2, 3]
+    assert sorted(order.tolist()) == list(range(len(points)))
+
+
+def test_order_to_scores_and_rejections():
+    np.testing.assert_allclose(order_to_scores(np.array([2, 0, 1])), [1 / 3, 2 / 3, 0.0])
+    with pytest.raises(BadInputError, match="exactly once"):
+        order_to_scores(np.array([0, 0, 1]))
+    with pytest.raises(BadInputError, match="NaN"):
+        k_center_greedy(np.array([[np.nan, 1.0]]), 1)
+    with pytest.raises(BadInputError, match="embeddings for"):
+        diverse_margin_order(np.array([[0.5, 0.5]]), np.zeros((2, 3)))
