@@ -8,13 +8,13 @@ UV := $(TOOLS)/bin/uv
 UV_VERSION := 0.13.9
 export LABELLOOP_LABEL_STUDIO_VENV ?= $(CURDIR)/$(LS_VENV)
 
-.PHONY: help venvs demo up test test-fast bench bench-serving lock clean
+.PHONY: help venvs demo up test test-fast bench bench-serving bench-al lock clean
 
 help:
 	@echo "make demo   set up (venvs) and run the whole loop once on the digits starter"
 	@echo "make up     start Label Studio + service + scheduler for real annotators"
 	@echo "make test   set up and run the test suite (starts its own Label Studio)"
-	@echo "make bench  benchmarks (serving: batching on vs off) -> bench/results/"
+	@echo "make bench  benchmarks (serving; active learning: hours) -> bench/results/"
 	@echo "make lock   re-resolve requirements*.lock from pyproject.toml"
 
 $(UV):
@@ -56,10 +56,17 @@ test-fast: venvs
 	$(VENV)/bin/python -m pytest -m "not e2e"
 
 # Benchmarks are not tests: they measure, print ratios and write bench/results/*.json.
-bench: bench-serving
+# bench-al with no arguments is the full benchmark (5 seeds to 400 labels): hours on 2 cores;
+# e.g. `make bench-al BENCH_AL_ARGS="--seeds 3 --max-labels 200 --epochs 30"` for a shorter one.
+BENCH_AL_ARGS ?=
+
+bench: bench-serving bench-al
 
 bench-serving: $(VENV)/.project
 	$(VENV)/bin/python -m bench.serving
+
+bench-al: $(VENV)/.project
+	$(VENV)/bin/python -m bench.active_learning $(BENCH_AL_ARGS)
 
 lock: | $(UV)
 	$(UV) pip compile --quiet pyproject.toml --extra test --extra bench --python-version 3.11 -o requirements.lock
