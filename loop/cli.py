@@ -211,8 +211,9 @@ def up(
 
 @app.command()
 def schedule() -> None:
-    """Run only the scheduler (collect, retrain policy, events) against an existing Label
-    Studio and service: what the Kubernetes scheduler Deployment runs. SIGTERM stops it."""
+    """Run only the scheduler (collect, retrain policy, events); SIGTERM stops it.
+
+    Label Studio and the service run elsewhere: what the Kubernetes scheduler Deployment runs."""
     from loop.scheduler import build_scheduler
 
     loop = Loop(_settings())

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from labeling.gateway import LabelStudioGateway
 from loop.core import Loop
 from loop.errors import LabelStudioError, WorkspaceError
 from loop.scheduler import build_scheduler
@@ -86,20 +87,20 @@ def setup(ls_settings, label_studio):
     loop = Loop(settings)
     loop.init(starter="digits")
     project = loop.connect()
-    yield loop, proxy, project
+    yield loop, proxy, project, LabelStudioGateway(label_studio.url, settings.label_studio_token())
     proxy.stop()
 
 
 def test_outages_fail_cleanly_and_catch_up(setup, tmp_path):
-    loop, proxy, project = setup
-    ws, gateway_direct = loop.workspace, loop.gateway
+    loop, proxy, project, annotators = setup  # annotators reach Label Studio directly
+    ws = loop.workspace
     truth = digits_truth()
     pool = iter(sorted(loop.state.tasks().items()))
 
     def annotate(n: int) -> None:
         for _ in range(n):
             task_id, image = next(pool)
-            gateway_direct.annotate(task_id, truth[image])
+            annotators.annotate(task_id, truth[image])
 
     # 1. Label Studio answers 5xx: the scheduler's collect fails, backs off, stays up,
     #    status says why; when Label Studio recovers the labels arrive.
@@ -114,20 +115,20 @@ def test_outages_fail_cleanly_and_catch_up(setup, tmp_path):
         assert ws.head() == head and ws.git("status", "--porcelain") == ""  # nothing half-done
         nxt = loop.status().next_jobs["collect"]
         assert nxt is not None  # the schedule is visible, pushed back by the backoff
+        annotate(3)  # annotators keep working while the loop cannot reach Label Studio
         proxy.mode = "ok"
-        annotate(3)  # through Label Studio directly: annotators do not wait for the loop
-        wait_until(lambda: ws.head() != head and not loop.status().errors, what="catching up")
+        wait_until(lambda: len(ws.known_annotations()) == 3 and not loop.status().errors, what="catching up")
     finally:
         scheduler.shutdown(wait=True)
 
     # 2. Label Studio gone (connection refused): a clean LabelStudioError, then catch-up.
     proxy.stop()
     head = ws.head()
+    annotate(2)
     with pytest.raises(LabelStudioError, match="unreachable"):
         loop.collect()
     assert ws.head() == head
     proxy.start()
-    annotate(2)
     assert loop.collect().upserts == 2
 
     # 3. The DVC remote unreachable: the commit is made, the push fails, status shows the
@@ -165,7 +166,7 @@ def test_outages_fail_cleanly_and_catch_up(setup, tmp_path):
     assert ws.git("status", "--porcelain") == ""
 
     # Nothing lost, nothing twice: the pushed labels equal Label Studio's annotations.
-    in_label_studio = {a.id: (t.image_name, a.label) for t in gateway_direct.tasks_updated_since(project, None)
+    in_label_studio = {a.id: (t.image_name, a.label) for t in annotators.tasks_updated_since(project, None)
                        for a in t.annotations if not a.was_cancelled}
     assert len(in_label_studio) == 10
     events = labels_from_remote(ws.root, tmp_path)

@@ -172,7 +172,7 @@ def test_every_trigger_goes_through_the_one_retrain_queue(loop_with):
     scheduler = build_scheduler(loop)
     cron = scheduler.get_job("cron")
     assert cron is not None and "hour='3'" in str(cron.trigger)
-    cron.func(**cron.kwargs)  # what the scheduler does at 03:00
+    cron.func()  # what the scheduler does at 03:00
     assert loop.training_requested()
     assert loop.retrain_if_due().trigger == "requested"
     assert not loop.training_requested() and loop.retrain_if_due() is None
