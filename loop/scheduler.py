@@ -1,10 +1,13 @@
 """The APScheduler jobs. Each job is a bound `Loop` method behind one small guard that
-backs off after failures and records errors and the schedule for `labelloop status`.
+backs off after failures and records errors and the expected next runs for
+`labelloop status`.
 
-The guard runs inside the job itself (the executor's worker thread), never in an
-APScheduler event listener: a listener runs while the executor holds its lock, and
-touching the scheduler there (get_jobs, modify_job) deadlocks against the scheduler
-thread, which holds the job-store lock while it submits jobs to that executor.
+Jobs never call back into the scheduler (get_jobs, modify_job): `shutdown(wait=True)`
+holds the job-store lock while it waits for running jobs, and an event listener runs under
+the executor's lock while the scheduler thread holds the job-store lock — either way a job
+touching the scheduler can deadlock it. So annotation webhooks do not reschedule the
+collect job; the collect job ticks every EVENTS_POLL_S and collects when an event arrived
+or `collect_interval_s` has passed.
 
 Every way to ask for training goes through one queue: the label-count policy, a
 `START_TRAINING` webhook and the optional cron schedule only mark a run as due; the one
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
@@ -38,15 +42,22 @@ def build_scheduler(loop: Loop) -> BackgroundScheduler:
     )
     failures: dict[str, int] = {}
     resume_at: dict[str, datetime] = {}
+    expected: dict[str, datetime | None] = {}
+    lock = threading.Lock()
+    cron = None
+    if settings.retrain_cron:
+        try:
+            cron = CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC")
+        except ValueError as exc:
+            raise ConfigError(f"LABELLOOP_RETRAIN_CRON {settings.retrain_cron!r} is not a crontab: {exc}") from exc
 
-    def record_schedule() -> None:
-        schedule = {}
-        for job in scheduler.get_jobs():
-            upcoming = [t for t in (getattr(job, "next_run_time", None), resume_at.get(job.id)) if t]
-            schedule[job.id] = max(upcoming).isoformat(timespec="seconds") if upcoming else None
-        loop.state.put("schedule", json.dumps(schedule))
+    def record(job_id: str, next_run: datetime | None) -> None:
+        with lock:
+            expected[job_id] = max(filter(None, [next_run, resume_at.get(job_id)]), default=None)
+            loop.state.put("schedule", json.dumps(
+                {k: v.isoformat(timespec="seconds") if v else None for k, v in sorted(expected.items())}))
 
-    def guarded(job_id: str, fn: Callable[[], object], interval_s: float | None) -> Callable[[], None]:
+    def guarded(job_id: str, fn: Callable[[], object], interval_s: float, next_run: Callable[[datetime], datetime | None]):
         def run() -> None:
             now = datetime.now(timezone.utc)
             if job_id in resume_at and now < resume_at[job_id]:
@@ -55,7 +66,7 @@ def build_scheduler(loop: Loop) -> BackgroundScheduler:
                 fn()
             except Exception as exc:
                 failures[job_id] = failures.get(job_id, 0) + 1
-                delay = min((interval_s or 0) * 2 ** failures[job_id], settings.job_backoff_max_s)
+                delay = min(interval_s * 2 ** failures[job_id], settings.job_backoff_max_s)
                 resume_at[job_id] = now + timedelta(seconds=delay)
                 log.error("job %s failed (%d in a row; retrying in %.0fs): %s",
                           job_id, failures[job_id], delay, exc)
@@ -65,31 +76,37 @@ def build_scheduler(loop: Loop) -> BackgroundScheduler:
                 if failures.pop(job_id, None) is not None:
                     loop.state.put(f"error:{job_id}", "")
                 resume_at.pop(job_id, None)
-            if job_id != "events" or job_id in failures:
-                record_schedule()
+            record(job_id, next_run(datetime.now(timezone.utc)))
 
         return run
 
+    last_collect: list[datetime | None] = [None]
+
+    def collect_tick() -> None:
+        # Webhook events (annotations changed, START_TRAINING) are drained every tick; the
+        # collect itself runs on an annotation event or when the interval has passed.
+        changed = loop.process_events()
+        now = datetime.now(timezone.utc)
+        due = last_collect[0] is None or (now - last_collect[0]).total_seconds() >= settings.collect_interval_s
+        if changed or due:
+            last_collect[0] = now
+            loop.collect()
+
+    def next_collect(now: datetime) -> datetime:
+        return (last_collect[0] or now) + timedelta(seconds=settings.collect_interval_s)
+
     now = datetime.now(timezone.utc)
-    scheduler.add_job(guarded("collect", loop.collect, settings.collect_interval_s), "interval",
-                      seconds=settings.collect_interval_s, id="collect", name="collect annotations",
+    scheduler.add_job(guarded("collect", collect_tick, settings.collect_interval_s, next_collect),
+                      "interval", seconds=EVENTS_POLL_S, id="collect", name="collect annotations",
                       next_run_time=now)
-    scheduler.add_job(guarded("retrain", loop.retrain_if_due, settings.retrain_interval_s), "interval",
-                      seconds=settings.retrain_interval_s, id="retrain", name="retrain if due")
-
-    def on_events() -> None:
-        # Annotation webhooks pull the next collect forward instead of waiting an interval
-        # (safe here: a job's own thread, not an event listener).
-        if loop.process_events():
-            scheduler.modify_job("collect", next_run_time=datetime.now(timezone.utc))
-
-    scheduler.add_job(guarded("events", on_events, EVENTS_POLL_S), "interval", seconds=EVENTS_POLL_S,
-                      id="events", name="webhook events")
-    if settings.retrain_cron:
-        try:
-            trigger = CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC")
-        except ValueError as exc:
-            raise ConfigError(f"LABELLOOP_RETRAIN_CRON {settings.retrain_cron!r} is not a crontab: {exc}") from exc
-        scheduler.add_job(guarded("cron", lambda: loop.request_training("schedule"), None), trigger,
-                          id="cron", name="scheduled training")
+    scheduler.add_job(guarded("retrain", loop.retrain_if_due, settings.retrain_interval_s,
+                              lambda t: t + timedelta(seconds=settings.retrain_interval_s)),
+                      "interval", seconds=settings.retrain_interval_s, id="retrain", name="retrain if due")
+    if cron is not None:
+        scheduler.add_job(guarded("cron", lambda: loop.request_training("schedule"), 60.0,
+                                  lambda t: cron.get_next_fire_time(None, t)),
+                          cron, id="cron", name="scheduled training")
+        record("cron", cron.get_next_fire_time(None, now))
+    record("collect", now)
+    record("retrain", now + timedelta(seconds=settings.retrain_interval_s))
     return scheduler
