@@ -195,18 +195,23 @@ def up(
                       " (password: $LABELLOOP_LABEL_STUDIO_PASSWORD, default labelloop-admin)")
         console.print(f"Service       {service.url}")
         console.print("Ctrl-C stops everything.")
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
+        _wait_for_stop()
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         service.stop()
         if ls is not None:
             ls.stop()
+
+
+def _wait_for_stop() -> None:
+    """Block until SIGTERM (Kubernetes, `kill`) or Ctrl-C."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()
@@ -224,12 +229,8 @@ def schedule() -> None:
     scheduler = build_scheduler(loop)
     scheduler.start()
     console.print("scheduler running; SIGTERM stops it")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        _wait_for_stop()
     finally:
         scheduler.shutdown(wait=True)
 
