@@ -15,10 +15,51 @@ Any fsspec URL works; credentials come from the environment (e.g. AWS_* from a S
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ArtifactStore"]
+__all__ = ["ArtifactStore", "storage_fs", "read_text", "write_text_atomic"]
+
+
+def storage_fs(location: Path | str):
+    """(filesystem, path) for an fsspec URL (s3://, file://, memory://...); None for a
+    plain local path, which the callers handle with pathlib."""
+    if isinstance(location, str) and "://" in location:
+        import fsspec
+
+        return fsspec.core.url_to_fs(location)
+    return None
+
+
+def read_text(location: Path | str) -> str | None:
+    """A whole file from a local path or a URL; None if it does not exist."""
+    if remote := storage_fs(location):
+        fs, path = remote
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "r") as src:
+            return src.read()
+    path = Path(location)
+    return path.read_text() if path.exists() else None
+
+
+def write_text_atomic(location: Path | str, text: str) -> None:
+    """Written whole under a temporary name, then moved: readers see the old file or the
+    new one, never half of one (on object stores a single PUT is atomic anyway)."""
+    if remote := storage_fs(location):
+        fs, path = remote
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(f"{path}.tmp", "w") as out:
+            out.write(text)
+        fs.mv(f"{path}.tmp", path)
+        return
+    path = Path(location)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 class ArtifactStore:
@@ -62,21 +103,11 @@ class ArtifactStore:
 
     # --- run results and promotion ----------------------------------------------------------
     def write_json(self, relative: str, data: dict[str, Any]) -> None:
-        """Written whole under a temporary name, then moved: readers never see half a file
-        (on object stores a single PUT is atomic anyway)."""
-        path = self._path(relative)
-        self._fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with self._fs.open(tmp, "w") as out:
-            out.write(json.dumps(data, indent=2) + "\n")
-        self._fs.mv(tmp, path)
+        write_text_atomic(self._url(relative), json.dumps(data, indent=2) + "\n")
 
     def read_json(self, relative: str) -> dict[str, Any] | None:
-        path = self._path(relative)
-        if not self._fs.exists(path):
-            return None
-        with self._fs.open(path, "r") as src:
-            return json.loads(src.read())
+        text = read_text(self._url(relative))
+        return None if text is None else json.loads(text)
 
     @staticmethod
     def result_path(run_id: str) -> str:

@@ -15,24 +15,18 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+from pipelines.artifacts import storage_fs
+
 __all__ = ["spool_event", "drain_events"]
 
 EventHandler = Callable[[dict[str, Any]], None]
-
-
-def _remote(location: Path | str):
-    if isinstance(location, str) and "://" in location:
-        import fsspec
-
-        return fsspec.core.url_to_fs(location)
-    return None
 
 
 def spool_event(events_dir: Path | str, payload: dict[str, Any]) -> str:
     """Store one event; returns its id (names sort by arrival)."""
     event_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
     text = json.dumps(payload)
-    if remote := _remote(events_dir):
+    if remote := storage_fs(events_dir):
         fs, root = remote
         fs.makedirs(root, exist_ok=True)  # a no-op on object stores
         with fs.open(f"{root}/{event_id}.json", "w") as out:  # one PUT: atomic on object stores
@@ -63,7 +57,7 @@ def drain_events(events_dir: Path | str, handle: EventHandler | None = None) -> 
         remove()
         handled.append(event)
 
-    if remote := _remote(events_dir):
+    if remote := storage_fs(events_dir):
         fs, root = remote
         if not fs.exists(root):
             return []
