@@ -24,7 +24,16 @@ from cachetools import LRUCache
 
 from loop.errors import BadInputError
 
-__all__ = ["ImageFetcher", "LabelStudioTokenAuth"]
+__all__ = ["ImageFetcher", "LabelStudioTokenAuth", "decode_base64"]
+
+
+def decode_base64(text: str) -> bytes:
+    """Image bytes from a data URI (`data:image/png;base64,...`) or bare base64 text."""
+    is_uri = text.startswith("data:")
+    try:
+        return base64.b64decode(text.split(",", 1)[1] if is_uri else text, validate=True)
+    except (IndexError, binascii.Error, ValueError) as exc:
+        raise BadInputError("malformed data URI" if is_uri else "not valid base64") from exc
 
 
 def _is_personal_access_token(token: str) -> bool:
@@ -117,10 +126,7 @@ class ImageFetcher:
         if not url:
             raise BadInputError("task has no image URL")
         if url.startswith("data:"):
-            try:
-                return base64.b64decode(url.split(",", 1)[1], validate=True)
-            except (IndexError, binascii.Error) as exc:
-                raise BadInputError("malformed data URI") from exc
+            return decode_base64(url)
         if url.startswith(("http://", "https://")):
             absolute = url
         elif self.label_studio_url:

@@ -52,9 +52,6 @@ class LoadedModel:
 
     _with_embeddings: object = field(default=None, repr=False)
 
-    def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.predict(images)[0]
-
     def predict(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """(class probabilities, penultimate-layer embeddings) from ONE forward pass; the
         embeddings feed batch-mode query strategies (diversity in the model's own space)."""

@@ -40,7 +40,7 @@ from pipelines.artifacts import ArtifactStore
 from pipelines.images import decode_image
 from pipelines.strategies import entropy_scores, get_strategy, least_confidence_scores, margin_scores
 from serving.events import spool_event
-from serving.fetch import ImageFetcher
+from serving.fetch import ImageFetcher, decode_base64
 from serving.guard import Guard, GuardConfig
 from serving.inference import ModelSlot
 from serving.labeling_config import ChoiceTarget, check_classes, parse_label_config
@@ -93,7 +93,7 @@ class Classifier:
     def __is_ready__(self) -> bool:
         return self.models.current is not None
 
-    def _predict(self, images: list[bytes]) -> list[ImagePrediction]:
+    def _predict(self, images: list[bytes], *, with_embeddings: bool = False) -> list[ImagePrediction]:
         try:
             scored = self.models.score([decode_image(i) for i in images])
         except NoModelError as exc:
@@ -114,8 +114,8 @@ class Classifier:
                 scores={name: round(float(values[i]), 6) for name, values in all_scores.items()},
                 strategy=self.strategy.name,
                 model_version=scored.version,
-                embedding=[round(float(v), 5) for v in scored.embeddings[i]] if scored.embeddings is not None
-                and scored.embeddings.size else None,
+                # Only on request: 128 floats per image are real work in the batched hot path.
+                embedding=[round(float(v), 5) for v in scored.embeddings[i]] if with_embeddings else None,
             )
             for i, (label, row, score) in enumerate(zip(scored.labels, probs, scored.scores, strict=True))
         ]
@@ -136,6 +136,12 @@ class Classifier:
         return self._predict(images)
 
     @bentoml.api
+    def classify_with_embeddings(self, images: list[bytes]) -> list[ImagePrediction]:
+        """Predictions plus penultimate-layer embeddings, one forward pass per call (the
+        loop's pool re-scoring for batch-mode strategies; not latency-bound)."""
+        return self._predict(images, with_embeddings=True)
+
+    @bentoml.api
     def model_info(self) -> ModelInfo | None:
         model = self.models.current
         if model is None:
@@ -147,16 +153,8 @@ class Classifier:
 backend = FastAPI(title="labelloop Label Studio ML backend")
 
 
-def _validate_images(raw: list[bytes]) -> None:
-    """Decode each image with the pipeline's decoder; the first bad one is this request's 400."""
-    for i, data in enumerate(raw):
-        try:
-            decode_image(data)
-        except BadInputError as exc:
-            raise BadInputError(f"image {i}: {exc}") from exc
-
-
 def _decodes(data: bytes) -> BadInputError | None:
+    """None if the pipeline's decoder reads the image, else why not."""
     try:
         decode_image(data)
     except BadInputError as exc:
@@ -164,15 +162,11 @@ def _decodes(data: bytes) -> BadInputError | None:
     return None
 
 
-def _b64(text: str) -> bytes:
-    import base64
-    import binascii
-
-    payload = text.split(",", 1)[1] if text.startswith("data:") else text
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadInputError("not valid base64") from exc
+def _validate_images(raw: list[bytes]) -> None:
+    """The first image the decoder cannot read is this request's 400."""
+    for i, data in enumerate(raw):
+        if problem := _decodes(data):
+            raise BadInputError(f"image {i}: {problem}") from problem
 
 
 _PREDICTIONS = TypeAdapter(list[ImagePrediction])
@@ -246,16 +240,15 @@ class Labelloop:
             await anyio.to_thread.run_sync(_validate_images, raw)
             size = SETTINGS.serving_max_batch_size
             # One request never exceeds one batch: larger ones go as several concurrent calls.
+            method = "classify_with_embeddings" if with_embeddings else "classify_images"
             parts = await asyncio.gather(
-                *(self._infer("classify_images", raw[i : i + size]) for i in range(0, len(raw), size))
+                *(self._infer(method, raw[i : i + size]) for i in range(0, len(raw), size))
             )
         except BadInputError as exc:
             raise bentoml.exceptions.InvalidArgument(str(exc)) from exc
         except NoModelError as exc:
             raise bentoml.exceptions.ServiceUnavailable(str(exc)) from exc
         predictions = [p for part in parts for p in part]
-        if not with_embeddings:  # the model worker always computes them (same pass); few want them
-            predictions = [p.model_copy(update={"embedding": None}) for p in predictions]
         self.telemetry.predictions(route, predictions, refs)
         return predictions
 
@@ -273,7 +266,7 @@ class Labelloop:
     async def classify_base64(self, images: Base64List) -> list[ImagePrediction]:
         """The same, for JSON clients: images as base64 strings or `data:` URIs."""
         try:
-            raw = [_b64(text) for text in images]
+            raw = [decode_base64(text) for text in images]
         except BadInputError as exc:
             raise bentoml.exceptions.InvalidArgument(str(exc)) from exc
         return _json_response(await self._classify("classify_base64", raw, [f"#{i}" for i in range(len(raw))]))
