@@ -42,6 +42,11 @@ def fail_next(kmock, method: str, path: str, code: int) -> None:
     view[n:n + 1] << code << status_error(code, "InternalError", "injected failure")
 
 
+def cluster(kmock) -> k8s.BatchV1Api:
+    """The official client, as the test-as-cluster uses it to act on the emulator."""
+    return k8s.BatchV1Api(k8s.ApiClient(k8s.Configuration(host=str(kmock.url).rstrip("/"))))
+
+
 def condition(kind: str, reason: str = "", message: str = "") -> dict:
     return {"status": {"conditions": [{"type": kind, "status": "True", "reason": reason, "message": message}]}}
 
@@ -194,8 +199,7 @@ async def test_5xx_on_create_and_read_are_retried_without_a_second_job(kmock, la
     run = asyncio.create_task(asyncio.to_thread(launcher.run, TrainingRequest("run-flaky", "/ws", "abc")))
     await job_created(kmock, name)
     await asyncio.sleep(0.5)
-    await asyncio.to_thread(k8s.BatchV1Api(k8s.ApiClient(k8s.Configuration(host=str(kmock.url).rstrip("/"))))
-                            .patch_namespaced_job_status, name, NS, condition("Complete"))
+    await asyncio.to_thread(cluster(kmock).patch_namespaced_job_status, name, NS, condition("Complete"))
     result = await run
     assert result.succeeded and result.model_tag == "labelloop-classifier:fake", result.error
     statuses = [r for r in kmock["post", JOBS_PATH]]
@@ -208,8 +212,7 @@ async def test_a_restarted_scheduler_adopts_the_existing_job(kmock, launcher_for
     Job the first one created; no second Job."""
     launcher = launcher_for()
     job = launcher.build_job(TrainingRequest("run-again", "/ws", "abc"))
-    await asyncio.to_thread(k8s.BatchV1Api(k8s.ApiClient(k8s.Configuration(host=str(kmock.url).rstrip("/"))))
-                            .create_namespaced_job, NS, job)
+    await asyncio.to_thread(cluster(kmock).create_namespaced_job, NS, job)
     fake_result(launcher, "run-again")
     kmock.objects[JOBS, NS, job_name("run-again")].patch(condition("Complete"))
     result = await asyncio.to_thread(launcher.run, TrainingRequest("run-again", "/ws", "abc"))
@@ -228,8 +231,7 @@ async def test_an_expired_watch_is_resumed(kmock, launcher_for):
     await job_created(kmock, job_name("run-410"))
     while len(kmock["get", JOBS_PATH, kmocklib.params(watch="true")]) < 2:  # the 410, then a new watch
         await asyncio.sleep(0.05)
-    await asyncio.to_thread(k8s.BatchV1Api(k8s.ApiClient(k8s.Configuration(host=str(kmock.url).rstrip("/"))))
-                            .patch_namespaced_job_status, job_name("run-410"), NS, condition("Complete"))
+    await asyncio.to_thread(cluster(kmock).patch_namespaced_job_status, job_name("run-410"), NS, condition("Complete"))
     started = time.monotonic()
     result = await run
     assert result.succeeded, result.error
