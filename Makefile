@@ -8,7 +8,7 @@ UV := $(TOOLS)/bin/uv
 UV_VERSION := 0.13.9
 export LABELLOOP_LABEL_STUDIO_VENV ?= $(CURDIR)/$(LS_VENV)
 
-.PHONY: help venvs demo up test test-fast bench bench-serving bench-al lock clean
+.PHONY: help venvs demo up test test-fast bench bench-serving bench-rescore bench-al lock clean
 
 help:
 	@echo "make demo   set up (venvs) and run the whole loop once on the digits starter"
@@ -60,10 +60,14 @@ test-fast: venvs
 # e.g. `make bench-al BENCH_AL_ARGS="--seeds 3 --max-labels 200 --epochs 30"` for a shorter one.
 BENCH_AL_ARGS ?=
 
-bench: bench-serving bench-al
+bench: bench-serving bench-rescore bench-al
 
 bench-serving: $(VENV)/.project
 	$(VENV)/bin/python -m bench.serving
+
+# A 10,000-task pool re-scored and pushed into a real Label Studio (margin and diverse_margin).
+bench-rescore: venvs
+	$(VENV)/bin/python -m bench.rescore
 
 bench-al: $(VENV)/.project
 	$(VENV)/bin/python -m bench.active_learning $(BENCH_AL_ARGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from loop.errors import LabelStudioError
+from loop.errors import BadInputError, LabelStudioError
 
 __all__ = [
     "Annotation",
@@ -46,7 +47,11 @@ NAME_FIELD = "name"  # task data key holding the workspace image name
 CHOICE_TAG = "choice"
 IMAGE_TAG = "image"
 PAGE_SIZE = 500
-IMPORT_CHUNK = 1000
+# Label Studio 1.23's prediction import recomputes the counters of EVERY task in the
+# project after each request (its legacy import path), so the cost is requests x project
+# size: 10,000 predictions took 53 s in chunks of 1,000 and 12-17 s in one request.
+PREDICTION_IMPORT_CHUNK = 10_000
+TASK_IMPORT_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class Task:
 @dataclass(frozen=True)
 class TaskPrediction:
     task_id: int
-    label: str
+    label: str | None  # None: a queue position only, no pre-label (cold start, review)
     score: float
     model_version: str
 
@@ -111,6 +116,15 @@ def _choice_result(label: str) -> list[dict[str, Any]]:
     """A prediction's or annotation's result for the generated labeling config."""
     return [{"from_name": CHOICE_TAG, "to_name": IMAGE_TAG, "type": "choices",
              "value": {"choices": [label]}}]
+
+
+def _queue_score(score: float) -> float:
+    """Label Studio silently DROPS a prediction whose score is outside [0, 1] (its import
+    validation), so float noise such as -1e-16 from an entropy must not reach it."""
+    value = float(score)
+    if not math.isfinite(value) or not -1e-6 <= value <= 1 + 1e-6:
+        raise BadInputError(f"a queue score must be within [0, 1], got {score!r}")
+    return min(max(value, 0.0), 1.0)
 
 
 def _iso(value: Any) -> str:
@@ -296,8 +310,8 @@ class LabelStudioGateway:
         tasks = self.task_images(project_id)
         existing = set(tasks.values())
         new = [n for n in names if n not in existing]
-        for start in range(0, len(new), IMPORT_CHUNK):
-            chunk = new[start : start + IMPORT_CHUNK]
+        for start in range(0, len(new), TASK_IMPORT_CHUNK):
+            chunk = new[start : start + TASK_IMPORT_CHUNK]
             response = self._call(
                 "import tasks",
                 self._client.projects.import_tasks,
@@ -319,17 +333,17 @@ class LabelStudioGateway:
             {
                 "task": p.task_id,
                 "model_version": p.model_version,
-                "score": float(p.score),
-                "result": _choice_result(p.label),
+                "score": _queue_score(p.score),
+                "result": _choice_result(p.label) if p.label is not None else [],
             }
             for p in predictions
         ]
-        for start in range(0, len(payload), IMPORT_CHUNK):
+        for start in range(0, len(payload), PREDICTION_IMPORT_CHUNK):
             self._call(
                 "import predictions",
                 self._client.projects.import_predictions,
                 id=project_id,
-                request=payload[start : start + IMPORT_CHUNK],
+                request=payload[start : start + PREDICTION_IMPORT_CHUNK],
             )
         return len(payload)
 
@@ -345,6 +359,13 @@ class LabelStudioGateway:
             sampling="Uncertainty sampling",
             skip_queue=skip_queue,
         )
+
+    def requeue_for_review(self, task_id: int, annotators: int) -> None:
+        """Serve this labeled task again, to someone who has not labeled it: Label Studio
+        counts a task done once `overlap` distinct annotators labeled it, so raising the
+        task's overlap to `annotators` puts it back into the queue."""
+        self._call("re-queue a task for review", self._client.tasks.update, id=str(task_id),
+                   overlap=annotators, is_labeled=False)
 
     def ensure_queue_view(self, project_id: int, title: str = QUEUE_VIEW_TITLE) -> int:
         """A Data Manager tab with the unlabeled tasks ordered by prediction score (most
@@ -438,6 +459,15 @@ class LabelStudioGateway:
             id="retrieve_tasks_predictions", project=project_id,
             selected_items=PrepareParamsRequestRequestSelectedItemsIncluded(all_=False, included=list(task_ids)),
         )
+
+    def prediction_scores(self, project_id: int, model_version: str) -> dict[int, float]:
+        """Task id -> score of this model version's predictions (what the queue orders by;
+        a task with several, e.g. re-queued for review, is served by its lowest)."""
+        scores: dict[int, float] = {}
+        for p in self._call("list predictions", self._client.predictions.list, project=project_id):
+            if p.model_version == model_version and p.score is not None:
+                scores[int(p.task)] = min(float(p.score), scores.get(int(p.task), float("inf")))
+        return scores
 
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
         preds = self._call("list predictions", self._client.predictions.list, task=task_id)

@@ -138,6 +138,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if st.held_back_for_review:
         console.print(f"[yellow]review         {len(st.held_back_for_review)} images where annotators disagree "
                       f"(held back from training): {', '.join(st.held_back_for_review[:5])}[/]")
+    if st.requeued_for_review:
+        console.print(f"re-queued      {len(st.requeued_for_review)} tasks back in the queue for one more "
+                      f"annotator (disagreement): {', '.join(map(str, st.requeued_for_review[:5]))}")
+    if st.queue_version:
+        console.print(f"queue order    {st.queue_version}")
     if st.pending_deletions:
         console.print(f"deletions      {st.pending_deletions} pending")
     training = st.training_in_progress and f"running ({st.training_in_progress})"

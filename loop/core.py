@@ -30,9 +30,10 @@ from loop.settings import Settings
 from loop.starter import digits_images, folder_images
 from loop.state import RunRecord, StateStore, utcnow
 from loop.workspace import Cursor, Workspace
-from pipelines.labels import LabelEvent, held_back, labels_by_image
+from pipelines.images import decode_image, preprocess
+from pipelines.labels import LabelEvent, current_annotations, held_back, labels_by_image
 from pipelines.layout import IMAGES_DIR
-from pipelines.strategies import diverse_margin_order, order_to_scores
+from pipelines.strategies import cold_start_order, order_to_scores, pool_order
 from serving import WEBHOOK_SECRET_HEADER, PredictionClient, PromotionRecord, drain_events, read_promotion, write_promotion
 
 __all__ = ["Loop", "CollectResult", "LoopStatus", "annotation_events"]
@@ -40,6 +41,11 @@ __all__ = ["Loop", "CollectResult", "LoopStatus", "annotation_events"]
 log = logging.getLogger(__name__)
 
 CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # what the gateway's timestamps look like
+#: The queue's model version before any model exists (the cold-start diversity order).
+COLD_START_VERSION = "cold-start"
+#: Label Studio keeps only scores in [0, 1] (it drops others silently); queue positions
+#: are > 0 (`order_to_scores`), so a task re-queued for review at 0 goes first.
+REVIEW_SCORE = 0.0
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
@@ -69,6 +75,8 @@ class LoopStatus:
     training_requested: bool = False
     pending_deletions: int = 0
     held_back_for_review: list[str] = field(default_factory=list)  # annotators disagree (majority tie)
+    requeued_for_review: list[int] = field(default_factory=list)  # task ids back in the queue
+    queue_version: str | None = None  # the model version Label Studio's queue follows
     next_jobs: dict[str, str | None] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -226,6 +234,8 @@ class Loop:
         tasks = self.gateway.import_images(project, ws.pool_images(), f"/data/local-files/?d={relative}/")
         self.state.set_tasks(tasks)
         log.info("project %s: %d pool tasks", project, len(tasks))
+        if read_promotion(self.settings.promotion_file) is None and not self.state.get("queue_version"):
+            self.cold_start()
         if PredictionClient.for_settings(self.settings).health() is not None:
             s = self.settings
             password = s.serving_basic_auth_password
@@ -240,6 +250,13 @@ class Loop:
 
     # --- collect -------------------------------------------------------------------------
     def collect(self, *, full: bool = False) -> CollectResult:
+        """New/changed/deleted annotations -> one shard -> one commit -> dvc push; then
+        disagreements go back to the queue for review (see `requeue_disagreements`)."""
+        result = self._collect(full=full)
+        self.requeue_disagreements()
+        return result
+
+    def _collect(self, *, full: bool) -> CollectResult:
         """New/changed/deleted annotations -> one shard -> one commit -> dvc push.
 
         Label Studio commits concurrent saves in any order, so a task can appear with an
@@ -428,7 +445,7 @@ class Loop:
         record = read_promotion(self.settings.promotion_file)
         tag = tag or (record.tag if record else None)
         if tag is None:
-            return 0
+            return self.cold_start()
         client = PredictionClient.for_settings(self.settings)
         if client.health() is None:
             log.warning("service %s is not running; pool not re-scored", client.url)
@@ -438,14 +455,7 @@ class Loop:
             return 0
         started = time.perf_counter()
         project = self.project_id()
-        # Unlabeled = the project's tasks minus those the workspace holds labels for. Our own
-        # task map: listing 10k tasks from Label Studio costs seconds per thousand.
-        task_images = self.state.tasks() or self.gateway.task_images(project)
-        labeled = set(ws.annotations_by_task())
-        tasks = [
-            (task_id, name) for task_id, name in sorted(task_images.items())
-            if task_id not in labeled and ws.image_path(name).exists()
-        ]
+        tasks = self._unlabeled_tasks(project)
         done = 0
 
         def on_batch(n: int) -> None:
@@ -460,6 +470,7 @@ class Loop:
         scores = [p.score for p in preds]
         if batch_mode and preds:
             scores = self.batch_mode_scores(client, preds)
+        scored_s = time.perf_counter() - started
         stale = {p.model_version for p in preds} - {tag}
         if stale:  # the service swapped again mid-way: the next promotion re-scores
             log.warning("pool scored partly by %s; skipping push", stale)
@@ -468,11 +479,90 @@ class Loop:
             TaskPrediction(task_id=task_id, label=p.label, score=score, model_version=p.model_version)
             for (task_id, _), p, score in zip(tasks, preds, scores, strict=True)
         ])
-        self.gateway.align_queue(project, tag, skip_queue=self.settings.skip_queue)
-        self.state.put("queue_view", str(self.gateway.ensure_queue_view(project)))
+        self._align_queue(project, tag)
         self.state.put("rescored", f"{tag} {pushed}")
-        log.info("re-scored %d pool tasks with %s in %.1fs", pushed, tag, time.perf_counter() - started)
+        log.info("re-scored %d pool tasks with %s in %.1fs (scored in %.1fs, pushed and aligned in %.1fs)",
+                 pushed, tag, time.perf_counter() - started, scored_s, time.perf_counter() - started - scored_s)
         return pushed
+
+    def _unlabeled_tasks(self, project: int) -> list[tuple[int, str]]:
+        """(task id, image) of every pool task the workspace holds no label for, by task id.
+        Our own task map: listing 10k tasks from Label Studio costs seconds per thousand."""
+        ws = self.workspace
+        task_images = self.state.tasks() or self.gateway.task_images(project)
+        labeled = set(ws.annotations_by_task())
+        return [
+            (task_id, name) for task_id, name in sorted(task_images.items())
+            if task_id not in labeled and ws.image_path(name).exists()
+        ]
+
+    def _align_queue(self, project: int, version: str) -> None:
+        """Tasks re-queued for review get the top score of this version; then the project
+        follows this version's scores and the queue tab exists."""
+        review = sorted(self._review_queue())
+        if review:
+            self.gateway.push_predictions(project, [
+                TaskPrediction(task_id=t, label=None, score=REVIEW_SCORE, model_version=version) for t in review
+            ])
+        self.gateway.align_queue(project, version, skip_queue=self.settings.skip_queue)
+        self.state.put("queue_view", str(self.gateway.ensure_queue_view(project)))
+        self.state.put("queue_version", version)
+
+    def cold_start(self) -> int:
+        """No model yet: queue the unlabeled pool in a diversity order (k-center greedy on
+        the images' pixels) instead of task-id order. Positions only, no pre-labels."""
+        ws = self._require_workspace()
+        project = self.project_id()
+        tasks = self._unlabeled_tasks(project)
+        if not tasks:
+            return 0
+        started = time.perf_counter()
+        size = ws.params().data.image_size
+        pixels = preprocess([decode_image(ws.image_path(name)) for _, name in tasks], size)
+        order = cold_start_order(pixels.reshape(len(tasks), -1), head=self.settings.cold_start_diverse)
+        pushed = self.gateway.push_predictions(project, [
+            TaskPrediction(task_id=task_id, label=None, score=float(score), model_version=COLD_START_VERSION)
+            for (task_id, _), score in zip(tasks, order_to_scores(order), strict=True)
+        ])
+        self._align_queue(project, COLD_START_VERSION)
+        log.info("cold start: %d pool tasks queued in a diversity order in %.1fs",
+                 pushed, time.perf_counter() - started)
+        return pushed
+
+    # --- disagreements go back to the queue -----------------------------------------------
+    def _review_queue(self) -> dict[int, int]:
+        """Task id -> the number of annotators Label Studio was asked to serve it to."""
+        return {int(k): int(v) for k, v in json.loads(self.state.get("review_queue") or "{}").items()}
+
+    def requeue_disagreements(self) -> list[int]:
+        """Tasks whose annotators disagree with no majority (the images `majority` holds
+        back) are served once more, first in the queue, to an annotator who has not labeled
+        them, until `review_max_annotators` have. Returns the tasks re-queued now."""
+        if not self.settings.review_disagreements or not self.workspace.exists():
+            return []
+        events = self.workspace.events()
+        tied = set(held_back(events, "majority"))
+        annotators: dict[int, set[str]] = {}
+        for event in current_annotations(events).values():
+            if event.image in tied and event.task_id is not None:
+                annotators.setdefault(event.task_id, set()).add(event.annotator or str(event.annotation_id))
+        asked = {t: n for t, n in self._review_queue().items() if t in annotators}  # resolved ones leave
+        version = self.state.get("queue_version")
+        requeued = []
+        for task_id, who in sorted(annotators.items()):
+            wanted = len(who) + 1
+            if wanted > self.settings.review_max_annotators or asked.get(task_id, 0) >= wanted:
+                continue
+            self.gateway.requeue_for_review(task_id, wanted)
+            if version:  # first in the queue Label Studio serves now
+                self.gateway.push_predictions(self.project_id(), [TaskPrediction(
+                    task_id=task_id, label=None, score=REVIEW_SCORE, model_version=version)])
+            asked[task_id] = wanted  # recorded after both: a crash re-asks (idempotent)
+            self.state.put("review_queue", json.dumps(asked))
+            requeued.append(task_id)
+            log.info("task %s: annotators disagree; re-queued for annotator %d", task_id, wanted)
+        self.state.put("review_queue", json.dumps(asked))
+        return requeued
 
     def batch_mode_scores(self, client: PredictionClient, preds: list) -> list[float]:
         """Batch mode over the whole pool: the next `query_batch_size` tasks are uncertain
@@ -482,9 +572,10 @@ class Loop:
         labeled_embeddings = np.array([p.embedding for p in client.classify_files(
             [path for path in labeled if path.exists()], with_embeddings=True)], dtype=np.float32)
         classes = list(preds[0].probabilities)
-        order = diverse_margin_order(
+        order = pool_order(
+            "diverse_margin",
             np.array([[p.probabilities[c] for c in classes] for p in preds]),
-            np.array([p.embedding for p in preds], dtype=np.float32),
+            embeddings=np.array([p.embedding for p in preds], dtype=np.float32),
             labeled_embeddings=labeled_embeddings if len(labeled_embeddings) else None,
             batch_size=self.settings.query_batch_size,
         )
@@ -540,6 +631,8 @@ class Loop:
             training_requested=self.training_requested(),
             pending_deletions=len(self._deleted_annotation_ids()),
             held_back_for_review=held_back(events, policy),
+            requeued_for_review=sorted(self._review_queue()),
+            queue_version=self.state.get("queue_version"),
             next_jobs=json.loads(self.state.get("schedule") or "{}"),
             errors=errors,
         )

@@ -129,6 +129,17 @@ class Settings(BaseSettings):
     query_batch_size: int = Field(
         default=10, ge=1, description="Tasks annotators take per round (batch-mode strategies pick this many)."
     )
+    review_disagreements: bool = Field(
+        default=True,
+        description="A task whose annotators disagree with no majority goes back to the top of the "
+        "queue for one more annotator (until review_max_annotators have labeled it).",
+    )
+    review_max_annotators: int = Field(default=3, ge=2)
+    cold_start_diverse: int = Field(
+        default=1000, ge=1,
+        description="No model yet: this many pool tasks are queued in a diversity order "
+        "(k-center greedy on the pixels), the rest after them in task order.",
+    )
     launcher: Literal["local", "kubernetes"] = Field(
         default="local", description="Where training runs: a local process or a Kubernetes Job."
     )

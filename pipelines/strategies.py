@@ -16,7 +16,7 @@ from loop.errors import BadInputError
 __all__ = [
     "QueryStrategy", "Margin", "DiverseMargin", "LeastConfidence", "Entropy", "RandomSampling",
     "margin_scores", "least_confidence_scores", "entropy_scores", "get_strategy", "STRATEGIES",
-    "k_center_greedy", "diverse_margin_order", "cold_start_order", "order_to_scores",
+    "k_center_greedy", "diverse_margin_order", "cold_start_order", "order_to_scores", "pool_order",
 ]
 
 
@@ -50,7 +50,9 @@ def entropy_scores(probabilities: np.ndarray) -> np.ndarray:
         return np.ones(probs.shape[0])
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(probs > 0, probs * np.log(probs), 0.0)
-    return 1.0 + terms.sum(axis=1) / np.log(probs.shape[1])
+    # Clipped: float noise (1 - 1.0000000000000002) must not leave [0, 1], the range
+    # Label Studio keeps prediction scores in (it silently drops others).
+    return np.clip(1.0 + terms.sum(axis=1) / np.log(probs.shape[1]), 0.0, 1.0)
 
 
 class QueryStrategy(Protocol):
@@ -116,13 +118,15 @@ STRATEGIES: dict[str, type[QueryStrategy]] = {
 }
 
 
-def get_strategy(name: str) -> QueryStrategy:
+def get_strategy(name: str, *, seed: int | None = None) -> QueryStrategy:
+    """The named strategy; `seed` makes `random` repeatable (the others ignore it)."""
     try:
-        return STRATEGIES[name]()
+        cls = STRATEGIES[name]
     except KeyError:
         raise BadInputError(
             f"unknown query strategy {name!r}; choose one of {sorted(STRATEGIES)}"
         ) from None
+    return RandomSampling(seed) if cls is RandomSampling else cls()
 
 
 # --- batch mode: informative AND different from each other -------------------------------
@@ -193,20 +197,46 @@ def diverse_margin_order(
     return np.array(picks + [int(i) for i in by_margin if int(i) not in chosen], dtype=np.int64)
 
 
-def cold_start_order(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """No model yet: a diversity ordering of the whole pool (k-center greedy on the raw
-    image features), so the first labels cover the data instead of following task ids."""
+def cold_start_order(features: np.ndarray, *, seed: int = 0, head: int | None = None) -> np.ndarray:
+    """No model yet: a diversity ordering of the pool (k-center greedy on the raw image
+    features), so the first labels cover the data instead of following task ids. Only the
+    first `head` items are chosen that way (the greedy costs n x head distance rows; the
+    first model re-orders the pool long before annotators get further); the rest follow
+    in their given order."""
     x = _checked_features(features, "features")
-    return np.array(k_center_greedy(x, x.shape[0], seed=seed), dtype=np.int64)
+    n = x.shape[0]
+    picked = k_center_greedy(x, n if head is None else min(head, n), seed=seed)
+    chosen = set(picked)
+    return np.array(picked + [i for i in range(n) if i not in chosen], dtype=np.int64)
 
 
 def order_to_scores(order: np.ndarray) -> np.ndarray:
     """A per-item score from an ordering (lower = label first), for Label Studio's queue:
-    the item at position r scores r / n."""
+    the item at position r scores (r + 1) / (n + 1), inside (0, 1) as Label Studio
+    requires, leaving 0 for tasks that go before everything (re-queued for review)."""
     order = np.asarray(order, dtype=np.int64)
     n = len(order)
     if sorted(order.tolist()) != list(range(n)):
         raise BadInputError("an ordering must hold every index exactly once")
     scores = np.empty(n)
-    scores[order] = np.arange(n) / max(n, 1)
+    scores[order] = (np.arange(n) + 1) / (n + 1)
     return scores
+
+
+def pool_order(
+    strategy: str,
+    probabilities: np.ndarray,
+    *,
+    embeddings: np.ndarray | None = None,
+    labeled_embeddings: np.ndarray | None = None,
+    batch_size: int = 10,
+    seed: int | None = None,
+) -> np.ndarray:
+    """The order in which the loop queues the unlabeled pool under `strategy` (indices,
+    most useful first). The loop and the active-learning benchmark both select with this."""
+    if strategy == "diverse_margin":
+        if embeddings is None:
+            raise BadInputError("diverse_margin needs the pool's embeddings")
+        return diverse_margin_order(probabilities, embeddings, labeled_embeddings=labeled_embeddings,
+                                    batch_size=batch_size)
+    return np.argsort(get_strategy(strategy, seed=seed).score(probabilities), kind="stable")

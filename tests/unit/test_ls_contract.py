@@ -47,3 +47,16 @@ def test_annotations_deleted_webhook_marks_those_ids_for_the_next_collect(tmp_pa
     assert loop._deleted_annotation_ids() == {17, 18}
     loop._forget_deletions({17})
     assert loop._deleted_annotation_ids() == {18}
+
+
+def test_queue_scores_outside_label_studios_range_never_reach_it():
+    """Label Studio drops a prediction whose score is outside [0, 1] without an error."""
+    import pytest
+
+    from labeling.gateway import _queue_score
+    from loop.errors import BadInputError
+
+    assert _queue_score(-1e-16) == 0.0 and _queue_score(1 + 1e-12) == 1.0 and _queue_score(0.25) == 0.25
+    for bad in (-0.5, 1.5, float("nan")):
+        with pytest.raises(BadInputError, match="within"):
+            _queue_score(bad)

@@ -152,10 +152,58 @@ def test_cold_start_order_covers_the_clusters_first():
 
 
 def test_order_to_scores_and_rejections():
-    np.testing.assert_allclose(order_to_scores(np.array([2, 0, 1])), [1 / 3, 2 / 3, 0.0])
+    np.testing.assert_allclose(order_to_scores(np.array([2, 0, 1])), [2 / 4, 3 / 4, 1 / 4])
     with pytest.raises(BadInputError, match="exactly once"):
         order_to_scores(np.array([0, 0, 1]))
     with pytest.raises(BadInputError, match="NaN"):
         k_center_greedy(np.array([[np.nan, 1.0]]), 1)
     with pytest.raises(BadInputError, match="embeddings for"):
         diverse_margin_order(np.array([[0.5, 0.5]]), np.zeros((2, 3)))
+
+
+def test_cold_start_head_is_diverse_and_the_rest_keeps_its_order():
+    points, cluster = _clusters()
+    order = cold_start_order(points, seed=1, head=4)
+    assert sorted(cluster[order[:4]]) == [0, 1, 2, 3]
+    rest = [i for i in range(len(points)) if i not in set(order[:4].tolist())]
+    assert order[4:].tolist() == rest
+    assert sorted(order.tolist()) == list(range(len(points)))
+
+
+# --- pool_order: the one selection the loop and the benchmark share ---------------------------
+from pipelines.strategies import pool_order  # noqa: E402
+
+
+def test_pool_order_of_pointwise_strategies_is_their_score_order():
+    probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.7, 0.3], [0.55, 0.45]])
+    assert pool_order("margin", probs).tolist() == [1, 3, 2, 0]  # ties keep pool order
+    assert pool_order("least_confidence", probs).tolist() == [1, 3, 2, 0]
+    assert pool_order("entropy", probs).tolist() == [1, 3, 2, 0]
+
+
+def test_pool_order_random_is_seeded_and_a_permutation():
+    probs = np.full((50, 3), 1 / 3)
+    first, again = pool_order("random", probs, seed=7), pool_order("random", probs, seed=7)
+    assert first.tolist() == again.tolist() and sorted(first.tolist()) == list(range(50))
+    assert first.tolist() != pool_order("random", probs, seed=8).tolist()
+
+
+def test_pool_order_diverse_margin_needs_embeddings_and_matches_the_batch_mode_order():
+    points, cluster = _clusters(n_per=10)
+    margin = np.where(cluster == 0, 0.01, 0.5) + np.linspace(0, 0.001, len(cluster))
+    probs = np.stack([(1 + margin) / 2, (1 - margin) / 2], axis=1)
+    with pytest.raises(BadInputError, match="embeddings"):
+        pool_order("diverse_margin", probs)
+    np.testing.assert_array_equal(
+        pool_order("diverse_margin", probs, embeddings=points, batch_size=3),
+        diverse_margin_order(probs, points, batch_size=3))
+    with pytest.raises(BadInputError, match="unknown query strategy"):
+        pool_order("nope", probs)
+
+
+def test_every_score_stays_within_label_studios_range():
+    rng = np.random.default_rng(0)
+    probs = np.vstack([np.full((1, 7), 1 / 7), np.eye(7)[:2], rng.dirichlet(np.ones(7) * 0.1, 200)])
+    for name in STRATEGIES:
+        scores = get_strategy(name, seed=0).score(probs)
+        assert np.all((scores >= 0.0) & (scores <= 1.0)), name
