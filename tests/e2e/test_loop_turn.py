@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_one_full_loop_turn(ls_settings, tmp_path):
-    settings = ls_settings("e2e", retrain_min_new_labels=30)
+    # margin pinned: the queue below is checked against the lowest margin.
+    settings = ls_settings("e2e", retrain_min_new_labels=30, query_strategy="margin")
     loop = Loop(settings)
     loop.init(starter="digits")
     first = loop.train(trigger="initial", rescore=False)

@@ -37,7 +37,9 @@ def service(trained, tmp_path_factory):
     loop, run = trained
     home = tmp_path_factory.mktemp("svc-home")
     (home / "bentoml").symlink_to(loop.settings.bentoml_home)
-    settings = make_settings(home, loop.settings.workspace, serving_workers=2, serving_max_body_mb=MAX_BODY_MB)
+    # margin pinned: the answers below are checked against it, whatever the default strategy is.
+    settings = make_settings(home, loop.settings.workspace, serving_workers=2, serving_max_body_mb=MAX_BODY_MB,
+                             query_strategy="margin")
     server = ServiceServer(settings).start(timeout_s=240)
     yield settings, server
     server.stop()
