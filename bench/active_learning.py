@@ -228,9 +228,9 @@ def main() -> None:
                 row = json.loads(line)
                 done[row["key"]] = row["curve"]
     results: dict[str, list] = {name: [None] * args.seeds for name in strategies}
-    todo = []
-    for name in strategies:
-        for seed in range(args.seeds):
+    todo = []  # seed by seed, so that an early look at the partial results compares strategies
+    for seed in range(args.seeds):
+        for name in strategies:
             key = _curve_key(cfg, name, seed)
             if key in done:
                 results[name][seed] = [tuple(p) for p in done[key]]

@@ -126,7 +126,7 @@ def test_embeddings_feed_the_batch_mode_strategy(promoted, trained):
     preds = client.classify_files(paths, with_embeddings=True)
     assert len(preds[0].embedding) == 128 and client.classify_files(paths[:1])[0].embedding is None
     scores = np.array(loop.batch_mode_scores(client, preds))
-    assert sorted(np.round(scores * 200).astype(int).tolist()) == list(range(200))  # a full ordering
+    assert sorted(np.round(scores * 201).astype(int).tolist()) == list(range(1, 201))  # a full ordering, in (0, 1)
     batch = np.argsort(scores)[: loop.settings.query_batch_size]
     margins = margin_scores(np.array([list(p.probabilities.values()) for p in preds]))
     assert set(batch) <= set(np.argsort(margins, kind="stable")[:50])  # among the most uncertain
