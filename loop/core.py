@@ -546,7 +546,8 @@ class Loop:
         for event in current_annotations(events).values():
             if event.image in tied and event.task_id is not None:
                 annotators.setdefault(event.task_id, set()).add(event.annotator or str(event.annotation_id))
-        asked = {t: n for t, n in self._review_queue().items() if t in annotators}  # resolved ones leave
+        # Still waiting for the extra annotator; resolved ties (and ties that got it) leave.
+        asked = {t: n for t, n in self._review_queue().items() if t in annotators and len(annotators[t]) < n}
         version = self.state.get("queue_version")
         requeued = []
         for task_id, who in sorted(annotators.items()):

@@ -178,3 +178,59 @@ def test_every_trigger_goes_through_the_one_retrain_queue(loop_with):
     assert not loop.training_requested() and loop.retrain_if_due() is None
     with pytest.raises(ConfigError, match="crontab"):
         build_scheduler(Loop(loop.settings.model_copy(update={"retrain_cron": "every night"}), launcher=launcher))
+
+
+class RecordingGateway:
+    """The two Label Studio calls re-queueing makes, recorded."""
+
+    def __init__(self):
+        self.requeued: list[tuple[int, int]] = []
+        self.predictions: list = []
+
+    def requeue_for_review(self, task_id: int, annotators: int) -> None:
+        self.requeued.append((task_id, annotators))
+
+    def push_predictions(self, project_id, predictions) -> int:
+        self.predictions += list(predictions)
+        return len(predictions)
+
+
+def _votes(loop, batch, votes):
+    """Commit one label batch: (task id, image, annotator, label) per annotation."""
+    events = [LabelEvent(image=image, label=label, task_id=task, annotation_id=task * 100 + batch * 10 + i,
+                         annotation_updated_at=f"2026-01-01T00:00:0{i}", annotator=who)
+              for i, (task, image, who, label) in enumerate(votes)]
+    loop.workspace.commit_labels(events, Cursor(batch=batch, updated_at=f"2026-01-0{batch}T00:00:00.000000Z"))
+
+
+def test_ties_are_requeued_once_for_one_more_annotator_up_to_the_limit(loop_with):
+    loop, _ = loop_with([])
+    gateway = RecordingGateway()
+    loop._gateway = gateway
+    loop.state.put("project_id", "1")
+    loop.state.put("queue_version", "m:1")
+    first, second = loop.workspace.pool_images()[:2]
+
+    _votes(loop, 1, [(7, first, "ann", "a"), (7, first, "bob", "b")])  # 1 vs 1
+    assert loop.requeue_disagreements() == [7]
+    assert gateway.requeued == [(7, 3)]
+    assert [(p.task_id, p.score, p.model_version, p.label) for p in gateway.predictions] == [(7, 0.0, "m:1", None)]
+    assert loop.status().requeued_for_review == [7]
+    assert loop.requeue_disagreements() == []  # asked once
+
+    _votes(loop, 2, [(7, first, "cyd", "b")])  # 2 vs 1: resolved
+    assert loop.requeue_disagreements() == [] and loop.status().requeued_for_review == []
+
+    _votes(loop, 3, [(8, second, "ann", "a"), (8, second, "bob", "b")])
+    assert loop.requeue_disagreements() == [8]
+    _votes(loop, 4, [(8, second, "cyd", "c")])  # 1 vs 1 vs 1 with 3 annotators: the limit
+    assert loop.requeue_disagreements() == [] and loop.status().requeued_for_review == []
+    assert gateway.requeued == [(7, 3), (8, 3)]
+
+
+def test_review_requeueing_can_be_switched_off(loop_with):
+    loop, _ = loop_with([], review_disagreements=False)
+    loop._gateway = RecordingGateway()
+    first = loop.workspace.pool_images()[0]
+    _votes(loop, 1, [(7, first, "ann", "a"), (7, first, "bob", "b")])
+    assert loop.requeue_disagreements() == [] and loop._gateway.requeued == []
