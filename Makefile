@@ -56,8 +56,8 @@ test-fast: venvs
 	$(VENV)/bin/python -m pytest -m "not e2e"
 
 # Benchmarks are not tests: they measure, print ratios and write bench/results/*.json.
-# bench-al with no arguments is the full benchmark (5 seeds to 400 labels): hours on 2 cores;
-# e.g. `make bench-al BENCH_AL_ARGS="--seeds 3 --max-labels 200 --epochs 30"` for a shorter one.
+# bench-al with no arguments: 5 seeds to 400 labels at the pipeline's 60 epochs (~80 min on 2
+# cores); the committed results are `make bench-al BENCH_AL_ARGS="--epochs 30"` (~45 min).
 BENCH_AL_ARGS ?=
 
 bench: bench-serving bench-rescore bench-al
