@@ -128,8 +128,17 @@ def _queue_score(score: float) -> float:
 
 
 def _iso(value: Any) -> str:
-    """One timestamp format for cursors and annotation versions: UTC, microseconds, 'Z'."""
+    """One timestamp format for cursors and annotation versions: UTC, microseconds, 'Z'.
+    Label Studio's JSON drops the fraction when it is zero ('2026-11-28T00:50:09Z', from
+    Python's isoformat), so strings are normalised too: versions compare as strings."""
+    if isinstance(value, str) and value:
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
     if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return str(value or "")
 

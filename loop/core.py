@@ -124,7 +124,8 @@ def annotation_events(
 def _earlier(timestamp: str | None, seconds: float) -> str | None:
     if not timestamp:
         return None
-    moment = datetime.strptime(timestamp, CURSOR_FORMAT).replace(tzinfo=timezone.utc)
+    # fromisoformat: also cursors written before timestamps were normalised ('...09Z').
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(timezone.utc)
     return (moment - timedelta(seconds=seconds)).strftime(CURSOR_FORMAT)
 
 

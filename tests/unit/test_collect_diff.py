@@ -55,3 +55,19 @@ def test_generated_label_config_round_trips_through_the_sdk_parser():
     from labeling import classes_from_config, label_config
 
     assert classes_from_config(label_config(["cat", "dog", "7"])) == ["cat", "dog", "7"]
+
+
+def test_timestamps_without_a_fraction_are_normalised_and_accepted_as_cursors():
+    """Label Studio's JSON drops a zero fraction: '2026-11-28T00:50:09Z' (found by CI)."""
+    from datetime import datetime, timezone
+
+    from labeling.gateway import _iso
+    from loop.core import _earlier
+
+    assert _iso("2026-11-28T00:50:09Z") == "2026-11-28T00:50:09.000000Z"
+    assert _iso("2026-11-28T00:50:09.123400Z") == "2026-11-28T00:50:09.123400Z"
+    assert _iso("2026-11-28T01:50:09+01:00") == "2026-11-28T00:50:09.000000Z"
+    assert _iso(datetime(2026, 11, 28, 0, 50, 9, tzinfo=timezone.utc)) == "2026-11-28T00:50:09.000000Z"
+    assert _iso(None) == "" and _iso("not a time") == "not a time"
+    assert _earlier("2026-11-28T00:50:09Z", 300) == "2026-11-28T00:45:09.000000Z"
+    assert _earlier("2026-11-28T00:50:09.500000Z", 0.5) == "2026-11-28T00:50:09.000000Z"
