@@ -16,9 +16,9 @@ strategy), and prints the labels each strategy needs to reach 90% and 95% and th
 to random.
 
 Curves run in `--jobs` worker processes (one TensorFlow thread each) and are appended to
-active_learning.partial.jsonl as they finish, so an interrupted run resumes. The defaults
-(5 seeds to 400 labels in steps of 10, the pipeline's 60 epochs) cost ~6.5 min of one core
-per curve here, ~80 min for all 25 on 2 cores; `--epochs 30` about halves it. The JSON
+active_learning.partial.jsonl as they finish, so an interrupted run resumes. With
+`--epochs 30` all 25 curves took 90 min on 2 cores here (partly shared); the defaults (5
+seeds to 400 labels in steps of 10, the pipeline's 60 epochs) about twice that. The JSON
 records the configuration that produced it.
 """
 
