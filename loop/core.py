@@ -500,11 +500,7 @@ class Loop:
     def _align_queue(self, project: int, version: str) -> None:
         """Tasks re-queued for review get the top score of this version; then the project
         follows this version's scores and the queue tab exists."""
-        review = sorted(self._review_queue())
-        if review:
-            self.gateway.push_predictions(project, [
-                TaskPrediction(task_id=t, label=None, score=REVIEW_SCORE, model_version=version) for t in review
-            ])
+        self._push_review_positions(project, sorted(self._review_queue()), version)
         self.gateway.align_queue(project, version, skip_queue=self.settings.skip_queue)
         self.state.put("queue_view", str(self.gateway.ensure_queue_view(project)))
         self.state.put("queue_version", version)
@@ -535,6 +531,13 @@ class Loop:
         """Task id -> the number of annotators Label Studio was asked to serve it to."""
         return {int(k): int(v) for k, v in json.loads(self.state.get("review_queue") or "{}").items()}
 
+    def _push_review_positions(self, project: int, task_ids: list[int], version: str) -> None:
+        """Top of the queue of `version` for these tasks; positions only, no pre-label."""
+        if task_ids:
+            self.gateway.push_predictions(project, [
+                TaskPrediction(task_id=t, label=None, score=REVIEW_SCORE, model_version=version) for t in task_ids
+            ])
+
     def requeue_disagreements(self) -> list[int]:
         """Tasks whose annotators disagree with no majority (the images `majority` holds
         back) are served once more, first in the queue, to an annotator who has not labeled
@@ -557,8 +560,7 @@ class Loop:
                 continue
             self.gateway.requeue_for_review(task_id, wanted)
             if version:  # first in the queue Label Studio serves now
-                self.gateway.push_predictions(self.project_id(), [TaskPrediction(
-                    task_id=task_id, label=None, score=REVIEW_SCORE, model_version=version)])
+                self._push_review_positions(self.project_id(), [task_id], version)
             asked[task_id] = wanted  # recorded after both: a crash re-asks (idempotent)
             self.state.put("review_queue", json.dumps(asked))
             requeued.append(task_id)
