@@ -86,7 +86,8 @@ def acquire(strategy: str, model, pool_images, pool_idx, labeled_idx, step, seed
     return [int(pool_idx[i]) for i in order[:step]]
 
 
-def train_and_evaluate(data: DigitsSplit, labeled: list[int], epochs: int, seed: int, tag: str):
+def train_and_evaluate(data: DigitsSplit, labeled: list[int], epochs: int, seed: int, tag: str,
+                       min_steps: int | None = None):
     """The pipeline's training on `labeled` and its evaluation on the held-out split.
 
     The training rows are in image-name order, as `pipelines.prepare` writes them (the
@@ -98,7 +99,10 @@ def train_and_evaluate(data: DigitsSplit, labeled: list[int], epochs: int, seed:
     from pipelines.train import fit
     from serving.inference import LoadedModel
 
-    params = Params(data=DataParams(classes=data.classes, image_size=8), train=TrainParams(epochs=epochs, seed=seed))
+    train = TrainParams(epochs=epochs, seed=seed)
+    if min_steps is not None:
+        train = train.model_copy(update={"min_steps": min_steps})
+    params = Params(data=DataParams(classes=data.classes, image_size=8), train=train)
     rows = sorted(labeled)
     keras_model, _ = fit(params, preprocess([data.train_images[i] for i in rows], 8), data.train_y[rows])
     model = LoadedModel(tag=tag, classes=data.classes, image_size=8, keras_model=keras_model)
@@ -112,7 +116,7 @@ def _unlabeled(data: DigitsSplit, labeled: list[int]) -> np.ndarray:
 
 
 def select_rounds(strategy: str, data: DigitsSplit, labeled: list[int], *, rounds: int, step: int,
-                  epochs: int, seed: int = 0) -> list[list[int]]:
+                  epochs: int, seed: int = 0, min_steps: int | None = None) -> list[list[int]]:
     """What the loop hands annotators in each of `rounds` rounds, from the labeled set
     `labeled` (train-split indices), in queue order. Like the loop, a retrained model
     replaces the serving one only if its held-out accuracy is not lower (the promotion
@@ -121,7 +125,7 @@ def select_rounds(strategy: str, data: DigitsSplit, labeled: list[int], *, round
     picked: list[list[int]] = []
     serving, serving_accuracy = None, -1.0
     for round_no in range(rounds):
-        model, accuracy = train_and_evaluate(data, labeled, epochs, seed, f"round-{round_no}")
+        model, accuracy = train_and_evaluate(data, labeled, epochs, seed, f"round-{round_no}", min_steps)
         if accuracy >= serving_accuracy:
             serving, serving_accuracy = model, accuracy
         batch = acquire(strategy, serving, data.train_images, _unlabeled(data, labeled), labeled, step, seed, round_no)
@@ -137,7 +141,8 @@ def run_curve(strategy: str, seed: int, data: DigitsSplit, cfg: dict) -> list[tu
     curve = []
     round_no = 0
     while True:
-        model, accuracy = train_and_evaluate(data, labeled, cfg["epochs"], seed, f"bench-{strategy}-{seed}")
+        model, accuracy = train_and_evaluate(data, labeled, cfg["epochs"], seed, f"bench-{strategy}-{seed}",
+                                             cfg["min_steps"])
         curve.append((len(labeled), round(accuracy, 4)))
         if len(labeled) >= cfg["max_labels"]:
             return curve
@@ -195,7 +200,8 @@ def plot(results: dict, out: Path, args) -> None:
         ax.axhline(target, color="grey", linewidth=0.6, linestyle="--")
     ax.set_xlabel("labels")
     ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"digits: active learning, {args.seeds} seeds, +{args.step} per round, {args.epochs} epochs")
+    ax.set_title(f"digits: active learning, {args.seeds} seeds, +{args.step} per round, "
+                 f"{args.epochs} epochs (at least {args.min_steps} steps)")
     ax.set_ylim(0.5, 1.0)
     ax.legend()
     fig.tight_layout()
@@ -203,22 +209,27 @@ def plot(results: dict, out: Path, args) -> None:
 
 
 def _curve_key(cfg: dict, strategy: str, seed: int) -> str:
-    return json.dumps({**{k: cfg[k] for k in ("start", "step", "max_labels", "epochs")},
+    return json.dumps({**{k: cfg[k] for k in ("start", "step", "max_labels", "epochs", "min_steps")},
                        "strategy": strategy, "seed": seed}, sort_keys=True)
 
 
 def main() -> None:
+    from pipelines.params import TrainParams
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--start", type=int, default=20)
     parser.add_argument("--step", type=int, default=10)
     parser.add_argument("--max-labels", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=60, help="the pipeline's default; fewer for a quick run")
+    parser.add_argument("--min-steps", type=int, default=TrainParams().min_steps,
+                        help="the pipeline's train.min_steps (0: epochs only)")
     parser.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "active_learning.json")
     args = parser.parse_args()
-    cfg = {"start": args.start, "step": args.step, "max_labels": args.max_labels, "epochs": args.epochs}
+    cfg = {"start": args.start, "step": args.step, "max_labels": args.max_labels, "epochs": args.epochs,
+           "min_steps": args.min_steps}
     strategies = [s for s in args.strategies.split(",") if s]
     unknown = sorted(set(strategies) - set(STRATEGY_NAMES))
     if unknown:

@@ -21,6 +21,10 @@ class DataParams(BaseModel):
 
 class TrainParams(BaseModel):
     epochs: int = Field(default=60, ge=1)
+    #: At least this many optimizer steps, whatever the dataset size: 60 epochs of 20
+    #: labels are only 120 steps of 16, and such undertrained models cost the
+    #: active-learning loop its first rounds (see bench/active_learning.py). 0 turns it off.
+    min_steps: int = Field(default=400, ge=0)
     batch_size: int = Field(default=16, ge=1)
     learning_rate: float = Field(default=0.003, gt=0)
     seed: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 from pipelines.layout import MODEL_FILE, PARAMS_FILE, PREPARED
 from pipelines.params import Params, load_params
 
-__all__ = ["TrainResult", "build_model", "fit", "train"]
+__all__ = ["TrainResult", "build_model", "epochs_for", "fit", "train"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,13 @@ def build_model(image_size: int, n_classes: int, learning_rate: float):  # -> ke
     return model
 
 
+def epochs_for(params: Params, n_train: int) -> int:
+    """`train.epochs`, or more when that many passes over `n_train` images would be fewer
+    than `train.min_steps` optimizer steps (small labeled sets early in the loop)."""
+    steps_per_epoch = max(1, math.ceil(n_train / params.train.batch_size))
+    return max(params.train.epochs, math.ceil(params.train.min_steps / steps_per_epoch))
+
+
 def fit(params: Params, x: np.ndarray, y: np.ndarray):  # -> (keras.Model, final loss)
     """Train a fresh model in-process (also used by benchmarks)."""
     import keras
@@ -53,7 +61,7 @@ def fit(params: Params, x: np.ndarray, y: np.ndarray):  # -> (keras.Model, final
     keras.utils.set_random_seed(params.train.seed)
     model = build_model(params.data.image_size, len(params.data.classes), params.train.learning_rate)
     history = model.fit(
-        x, y, epochs=params.train.epochs, batch_size=params.train.batch_size, verbose=0
+        x, y, epochs=epochs_for(params, len(y)), batch_size=params.train.batch_size, verbose=0
     )
     return model, float(history.history["loss"][-1])
 
@@ -65,7 +73,7 @@ def train(params: Params, prepared: Path, out: Path) -> TrainResult:
     model, loss = fit(params, x, y)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    return TrainResult(out, len(y), params.train.epochs, loss, time.perf_counter() - started)
+    return TrainResult(out, len(y), epochs_for(params, len(y)), loss, time.perf_counter() - started)
 
 
 if __name__ == "__main__":
