@@ -56,8 +56,8 @@ test-fast: venvs
 	$(VENV)/bin/python -m pytest -m "not e2e"
 
 # Benchmarks are not tests: they measure, print ratios and write bench/results/*.json.
-# bench-al with no arguments: 5 seeds to 400 labels at the pipeline's 60 epochs (~3 h on 2
-# cores); the committed results are `make bench-al BENCH_AL_ARGS="--epochs 30"` (~90 min).
+# bench-al with no arguments: 5 seeds to 400 labels at the pipeline's 60 epochs (~2.5 h on 2
+# cores); the committed results are `make bench-al BENCH_AL_ARGS="--epochs 20"` (~95 min).
 BENCH_AL_ARGS ?=
 
 bench: bench-serving bench-rescore bench-al

@@ -17,9 +17,9 @@ to random.
 
 Curves run in `--jobs` worker processes (one TensorFlow thread each) and are appended to
 active_learning.partial.jsonl as they finish, so an interrupted run resumes. With
-`--epochs 30` all 25 curves took 90 min on 2 cores here (partly shared); the defaults (5
-seeds to 400 labels in steps of 10, the pipeline's 60 epochs) about twice that. The JSON
-records the configuration that produced it.
+`--epochs 20` (and the pipeline's `min_steps` 400) all 25 curves took 97 min on 2 cores
+here (partly shared); the defaults (5 seeds to 400 labels in steps of 10, the pipeline's 60
+epochs) about 1.5x that. The JSON records the configuration that produced it.
 """
 
 from __future__ import annotations

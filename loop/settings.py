@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         default=600.0, gt=0, description="A failing scheduler job retries with backoff up to this."
     )
     #: The default is the active-learning benchmark's winner (fewest labels to 95%, README).
-    query_strategy: Literal["margin", "diverse_margin", "least_confidence", "entropy", "random"] = "diverse_margin"
+    query_strategy: Literal["margin", "diverse_margin", "least_confidence", "entropy", "random"] = "margin"
     skip_queue: Literal["REQUEUE_FOR_OTHERS", "REQUEUE_FOR_ME", "IGNORE_SKIPPED"] = Field(
         default="REQUEUE_FOR_OTHERS",
         description="Skipped tasks: back in the queue for other annotators (not the one who skipped), "
