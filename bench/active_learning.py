@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.params import TrainParams
+
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGY_NAMES = ("random", "least_confidence", "margin", "entropy", "diverse_margin")
 TARGETS = (0.90, 0.95)
@@ -86,8 +88,7 @@ def acquire(strategy: str, model, pool_images, pool_idx, labeled_idx, step, seed
     return [int(pool_idx[i]) for i in order[:step]]
 
 
-def train_and_evaluate(data: DigitsSplit, labeled: list[int], epochs: int, seed: int, tag: str,
-                       min_steps: int | None = None):
+def train_and_evaluate(data: DigitsSplit, labeled: list[int], train: TrainParams, tag: str):
     """The pipeline's training on `labeled` and its evaluation on the held-out split.
 
     The training rows are in image-name order, as `pipelines.prepare` writes them (the
@@ -95,13 +96,10 @@ def train_and_evaluate(data: DigitsSplit, labeled: list[int], epochs: int, seed:
     loop's `dvc repro` on the same labels."""
     from pipelines.evaluate import score_predictions
     from pipelines.images import preprocess
-    from pipelines.params import DataParams, Params, TrainParams
+    from pipelines.params import DataParams, Params
     from pipelines.train import fit
     from serving.inference import LoadedModel
 
-    train = TrainParams(epochs=epochs, seed=seed)
-    if min_steps is not None:
-        train = train.model_copy(update={"min_steps": min_steps})
     params = Params(data=DataParams(classes=data.classes, image_size=8), train=train)
     rows = sorted(labeled)
     keras_model, _ = fit(params, preprocess([data.train_images[i] for i in rows], 8), data.train_y[rows])
@@ -116,7 +114,7 @@ def _unlabeled(data: DigitsSplit, labeled: list[int]) -> np.ndarray:
 
 
 def select_rounds(strategy: str, data: DigitsSplit, labeled: list[int], *, rounds: int, step: int,
-                  epochs: int, seed: int = 0, min_steps: int | None = None) -> list[list[int]]:
+                  train: TrainParams) -> list[list[int]]:
     """What the loop hands annotators in each of `rounds` rounds, from the labeled set
     `labeled` (train-split indices), in queue order. Like the loop, a retrained model
     replaces the serving one only if its held-out accuracy is not lower (the promotion
@@ -125,10 +123,11 @@ def select_rounds(strategy: str, data: DigitsSplit, labeled: list[int], *, round
     picked: list[list[int]] = []
     serving, serving_accuracy = None, -1.0
     for round_no in range(rounds):
-        model, accuracy = train_and_evaluate(data, labeled, epochs, seed, f"round-{round_no}", min_steps)
+        model, accuracy = train_and_evaluate(data, labeled, train, f"round-{round_no}")
         if accuracy >= serving_accuracy:
             serving, serving_accuracy = model, accuracy
-        batch = acquire(strategy, serving, data.train_images, _unlabeled(data, labeled), labeled, step, seed, round_no)
+        batch = acquire(strategy, serving, data.train_images, _unlabeled(data, labeled), labeled, step,
+                        train.seed, round_no)
         picked.append(batch)
         labeled += batch
     return picked
@@ -138,11 +137,11 @@ def run_curve(strategy: str, seed: int, data: DigitsSplit, cfg: dict) -> list[tu
     """Held-out accuracy after each round (every retrained model, no promotion gate)."""
     rng = np.random.default_rng(seed)
     labeled = [int(i) for i in rng.choice(len(data.train_images), size=cfg["start"], replace=False)]
+    train = TrainParams(epochs=cfg["epochs"], min_steps=cfg["min_steps"], seed=seed)
     curve = []
     round_no = 0
     while True:
-        model, accuracy = train_and_evaluate(data, labeled, cfg["epochs"], seed, f"bench-{strategy}-{seed}",
-                                             cfg["min_steps"])
+        model, accuracy = train_and_evaluate(data, labeled, train, f"bench-{strategy}-{seed}")
         curve.append((len(labeled), round(accuracy, 4)))
         if len(labeled) >= cfg["max_labels"]:
             return curve
@@ -214,8 +213,6 @@ def _curve_key(cfg: dict, strategy: str, seed: int) -> str:
 
 
 def main() -> None:
-    from pipelines.params import TrainParams
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--start", type=int, default=20)

@@ -114,6 +114,5 @@ def test_default_strategy_selects_the_same_tasks_as_the_benchmark(ls_settings):
     index = {name: i for i, name in enumerate(data.train_names)}
     params = ws.params()
     picked = select_rounds(settings.query_strategy, data, [index[n] for n in seed_names], rounds=rounds,
-                           step=settings.query_batch_size, epochs=params.train.epochs, seed=params.train.seed,
-                           min_steps=params.train.min_steps)
+                           step=settings.query_batch_size, train=params.train)
     assert [[data.train_names[i] for i in batch] for batch in picked] == served_rounds
