@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.params import TrainParams
+from pipelines.strategies import STRATEGY_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGY_NAMES = ("random", "least_confidence", "margin", "entropy", "diverse_margin")
 TARGETS = (0.90, 0.95)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from loop.core import Loop
-from loop.settings import Settings
+from kernel.settings import Settings
 from loop.stack import LabelStudioServer, ServiceServer, free_port
 from loop.starter import DIGITS_SCALE
 

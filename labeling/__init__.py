@@ -8,10 +8,14 @@ from labeling.gateway import (
     classes_from_config,
     label_config,
 )
+from labeling.simulated import QueueSettings, ReviewState, SimulatedAnnotator
 
 __all__ = [
     "Annotation",
     "LabelStudioGateway",
+    "QueueSettings",
+    "ReviewState",
+    "SimulatedAnnotator",
     "Task",
     "TaskPrediction",
     "classes_from_config",

@@ -1,6 +1,13 @@
 """The only module that talks to Label Studio (through label-studio-sdk).
 
 It returns labelloop's own dataclasses, so nothing else depends on the SDK's types.
+It holds the calls the product makes; what a person does in the UI (take the next task,
+label, relabel, skip) is `labeling.simulated.SimulatedAnnotator`, for the demo and tests.
+
+Failures are translated here, once: a transport error (connection refused or reset, a
+timeout) or a 502/503/504 is retried on reads, never on writes (a re-sent write could be
+applied twice); Label Studio's refusals and exhausted retries become `LabelStudioError`
+naming the URL, the call and the status. Anything else is a bug and surfaces unchanged.
 Facts about the open-source 1.23 server this relies on are in shared/reference:
 `tasks.list(only_annotated=...)` is ignored (we filter instead), bulk annotation
 create 404s, the project's `model_version` must equal the predictions' version for
@@ -12,20 +19,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
-from label_studio_sdk.core.request_options import RequestOptions
 from label_studio_sdk.label_interface import LabelInterface
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
-
-from loop.errors import BadInputError, LabelStudioError
+from kernel.errors import BadInputError, LabelStudioError
 
 __all__ = [
     "Annotation",
@@ -38,6 +44,8 @@ __all__ = [
     "NAME_FIELD",
     "CHOICE_TAG",
     "IMAGE_TAG",
+    "READ_ATTEMPTS",
+    "RETRY_STATUSES",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,13 @@ PAGE_SIZE = 500
 # size: 10,000 predictions took 53 s in chunks of 1,000 and 12-17 s in one request.
 PREDICTION_IMPORT_CHUNK = 10_000
 TASK_IMPORT_CHUNK = 1000
+#: Answers worth another try: a proxy or load balancer in front of a Label Studio that is
+#: restarting or overloaded. Any other status is Label Studio's considered answer.
+RETRY_STATUSES = frozenset({502, 503, 504})
+#: How often a read is tried while it fails transiently (writes are tried once).
+READ_ATTEMPTS = 5
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -166,18 +181,16 @@ def _task(raw: dict[str, Any]) -> Task:
 
 
 def _transient(exc: BaseException) -> bool:
-    """Worth retrying: unreachable, or a 5xx (SQLite's "database is locked" under load)."""
-    text = str(exc)
-    return isinstance(exc, LabelStudioError) and ("unreachable" in text or "HTTP 5" in text)
+    """Worth another try, decided by type: the request did not get through or no answer
+    came back (httpx's transport errors, timeouts included), or a gateway said so."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, ApiError) and exc.status_code in RETRY_STATUSES
 
 
-#: For reads only: a retried write could be applied twice.
-_retry_transient = retry(
-    retry=retry_if_exception(_transient),
-    stop=stop_after_attempt(5),
-    wait=wait_exponential(multiplier=0.5, max=8),
-    reraise=True,
-)
+def _body(exc: ApiError) -> str:
+    text = exc.body if isinstance(exc.body, str) else json.dumps(exc.body, default=str)
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 #: The Data Manager tab labelloop keeps ordered by prediction score.
@@ -185,7 +198,20 @@ QUEUE_VIEW_TITLE = "labelloop queue"
 
 
 class LabelStudioGateway:
-    def __init__(self, url: str, api_key: str, *, timeout_s: float = 100.0):
+    """The product's calls to one Label Studio server.
+
+    `http_client` replaces the SDK's httpx client (tests pass one with a mock transport);
+    `retry_wait_s` scales the exponential wait between read attempts."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        *,
+        timeout_s: float = 100.0,
+        retry_wait_s: float = 0.5,
+        http_client: httpx.Client | None = None,
+    ):
         if not api_key:
             raise LabelStudioError(
                 "no Label Studio API key: set LABELLOOP_LABEL_STUDIO_API_KEY "
@@ -193,32 +219,65 @@ class LabelStudioGateway:
             )
         self.url = url.rstrip("/")
         # Retries off: the SDK would re-send non-idempotent actions; we retry deliberately.
-        self._client = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout_s, max_retries=0)
+        self._client = LabelStudio(
+            base_url=self.url, api_key=api_key, timeout=timeout_s, max_retries=0, httpx_client=http_client,
+        )
+        self._wait = wait_exponential(multiplier=retry_wait_s, max=8)
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    # --- the one place SDK calls are made, retried and translated ----------------------
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A write (or any action), tried once: a re-sent write could be applied twice."""
+        return self._attempt(what, 1, fn, *args, **kwargs)
+
+    def _read(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A read, tried up to READ_ATTEMPTS times while it fails transiently."""
+        return self._attempt(what, READ_ATTEMPTS, fn, *args, **kwargs)
+
+    def _attempt(self, what: str, attempts: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def before_sleep(state: RetryCallState) -> None:
+            log.warning("cannot %s (attempt %d of %d: %s); retrying", what, state.attempt_number, attempts,
+                        state.outcome.exception() if state.outcome else "?")
+
+        retrying = Retrying(retry=retry_if_exception(_transient), stop=stop_after_attempt(attempts),
+                            wait=self._wait, before_sleep=before_sleep, reraise=True)
+        tried = f" (tried {attempts} times)" if attempts > 1 else ""
         try:
-            return fn(*args, **kwargs)
+            return retrying(fn, *args, **kwargs)
+        except httpx.TransportError as exc:
+            raise LabelStudioError(
+                f"cannot {what}: Label Studio at {self.url} is unreachable{tried} "
+                f"({type(exc).__name__}: {exc}); check that it is running and that "
+                "LABELLOOP_LABEL_STUDIO_URL points to it"
+            ) from exc
         except ApiError as exc:
-            raise LabelStudioError(f"Label Studio refused to {what}: HTTP {exc.status_code} {exc.body}") from exc
-        except Exception as exc:  # httpx transport errors and friends
-            raise LabelStudioError(f"cannot {what}: Label Studio at {self.url} is unreachable ({exc})") from exc
+            raise LabelStudioError(self._refusal(what, exc, tried)) from exc
 
-    @_retry_transient
+    def _refusal(self, what: str, exc: ApiError, tried: str) -> str:
+        status = exc.status_code
+        said = f"Label Studio at {self.url} answered HTTP {status} to {what}{tried}: {_body(exc)}"
+        if status in (401, 403):
+            return (f"{said}; check LABELLOOP_LABEL_STUDIO_API_KEY (a legacy token needs "
+                    "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true on the server; a personal access "
+                    "token works as is)")
+        if status is not None and status >= 500:
+            return f"{said}; Label Studio failed: see its log (the next run tries again)"
+        return f"{said}; Label Studio refused the request"
+
     def _get(self, path: str) -> Any:
         """GET an endpoint the SDK has no method for (e.g. /next/); None on 404.
-        Auth is the SDK client's (legacy or personal access token); GETs are safe to retry."""
-        def call():
+        Auth is the SDK client's (legacy or personal access token)."""
+        def call() -> Any:
             response = self._client._client_wrapper.httpx_client.request(path, method="GET")
             if response.status_code == 404:
                 return None
             if response.status_code >= 400:
-                raise ApiError(status_code=response.status_code, body=response.text[:500], headers={})
+                raise ApiError(status_code=response.status_code, body=response.text, headers=dict(response.headers))
             return response.json() if response.content else None
-        return self._call(f"GET {path}", call)
+        return self._read(f"GET {path}", call)
 
     # --- projects ------------------------------------------------------------------
     def find_project(self, title: str) -> int | None:
-        projects = self._call("list projects", lambda: list(self._client.projects.list(title=title)))
+        projects = self._read("list projects", lambda: list(self._client.projects.list(title=title)))
         for project in projects:
             if project.title == title:
                 return int(project.id)
@@ -241,16 +300,9 @@ class LabelStudioGateway:
         log.info("created Label Studio project %s (id %s)", title, project.id)
         return int(project.id)
 
-    def delete_project(self, title: str) -> bool:
-        found = self.find_project(title)
-        if found is None:
-            return False
-        self._call("delete the project", self._client.projects.delete, id=found)
-        return True
-
     def ensure_local_storage(self, project_id: int, path: Path) -> None:
         """Local-file serving needs a storage covering the folder, else the images 404."""
-        storages = self._call(
+        storages = self._read(
             "list local storages", self._client.import_storage.local.list, project=project_id
         )
         if any(Path(s.path or "") == path for s in storages):
@@ -265,25 +317,19 @@ class LabelStudioGateway:
         )
 
     # --- tasks ---------------------------------------------------------------------
-    @_retry_transient
     def _tasks(
         self, project_id: int, filters: list[dict[str, Any]] | None, *, with_annotations: bool = True,
     ) -> list[Task]:
         """`with_annotations=False` asks for task rows only: no annotations and no
         predictions, a fraction of the payload on a scored pool."""
         query = json.dumps({"filters": {"conjunction": "and", "items": filters}}) if filters else None
-        pager = self._call(
-            "list tasks",
-            self._client.tasks.list,
-            project=project_id,
-            query=query,
-            fields="all" if with_annotations else "task_only",
-            page_size=PAGE_SIZE,
-        )
-        return self._call("list tasks", lambda: [_task(t.model_dump()) for t in pager])
 
-    def all_tasks(self, project_id: int) -> list[Task]:
-        return self._tasks(project_id, None)
+        def pages() -> list[dict[str, Any]]:  # the pager fetches page after page as it is read
+            return [t.model_dump() for t in self._client.tasks.list(
+                project=project_id, query=query, fields="all" if with_annotations else "task_only",
+                page_size=PAGE_SIZE,
+            )]
+        return [_task(raw) for raw in self._read("list tasks", pages)]
 
     def task_images(self, project_id: int) -> dict[int, str]:
         """Every task's id and image name (task rows only: no annotations, no predictions)."""
@@ -379,7 +425,7 @@ class LabelStudioGateway:
     def ensure_queue_view(self, project_id: int, title: str = QUEUE_VIEW_TITLE) -> int:
         """A Data Manager tab with the unlabeled tasks ordered by prediction score (most
         useful first), for "Label Tasks As Displayed" and for people looking at the queue."""
-        for view in self._call("list Data Manager tabs", self._client.views.list, project=project_id):
+        for view in self._read("list Data Manager tabs", self._client.views.list, project=project_id):
             data = view.data if isinstance(view.data, dict) else (view.data.dict() if view.data else {})
             if data.get("title") == title:
                 return int(view.id)
@@ -412,7 +458,7 @@ class LabelStudioGateway:
             {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
             if basic_auth else {}
         )
-        backends = self._call("list ML backends", self._client.ml.list, project=project_id)
+        backends = self._read("list ML backends", self._client.ml.list, project=project_id)
         existing = [b for b in backends if (b.url or "").rstrip("/") == url.rstrip("/")]
         if existing:
             backend_id = int(existing[0].id)
@@ -427,57 +473,9 @@ class LabelStudioGateway:
             backend_id = int(backend.id)
         if webhook_headers:
             hook_url = f"{url.rstrip('/')}/webhook"
-            hooks = self._call("list webhooks", self._client.webhooks.list, project=str(project_id))
+            hooks = self._read("list webhooks", self._client.webhooks.list, project=str(project_id))
             for hook in hooks:
                 if (hook.url or "").rstrip("/") == hook_url:
                     self._call("set the webhook headers", self._client.webhooks.update,
                                id=hook.id, url=hook.url, headers=webhook_headers)
         return backend_id
-
-    # --- annotating (what a person does in the UI) -------------------------------------
-    def next_task(self, project_id: int, view: int | None = None) -> Task | None:
-        """The task Label Studio's queue hands an annotator next (None when done); with a
-        `view`, the next task in that Data Manager tab's order."""
-        raw = self._get(f"api/projects/{project_id}/next/" + (f"?view={view}" if view else ""))
-        return _task(raw) if raw and raw.get("id") else None
-
-    def annotate(self, task_id: int, label: str, *, lead_time_s: float = 1.0) -> int:
-        annotation = self._call(
-            "create an annotation",
-            self._client.annotations.create,
-            id=task_id,
-            result=_choice_result(label),
-            lead_time=lead_time_s,
-        )
-        return int(annotation.id)
-
-    def update_annotation(self, annotation_id: int, label: str) -> None:
-        self._call("update an annotation", self._client.annotations.update, id=annotation_id,
-                   result=_choice_result(label))
-
-    def delete_annotation(self, annotation_id: int) -> None:
-        self._call("delete an annotation", self._client.annotations.delete, id=annotation_id)
-
-    def retrieve_predictions(self, project_id: int, task_ids: Sequence[int]) -> None:
-        """The Data Manager's "Retrieve predictions": Label Studio asks the connected backend
-        for these tasks in ONE `/predict` request and stores what it answers."""
-        from label_studio_sdk.actions.types import PrepareParamsRequestRequestSelectedItemsIncluded
-
-        self._call(
-            "retrieve predictions", self._client.actions.create,
-            id="retrieve_tasks_predictions", project=project_id,
-            selected_items=PrepareParamsRequestRequestSelectedItemsIncluded(all_=False, included=list(task_ids)),
-        )
-
-    def prediction_scores(self, project_id: int, model_version: str) -> dict[int, float]:
-        """Task id -> score of this model version's predictions (what the queue orders by;
-        a task with several, e.g. re-queued for review, is served by its lowest)."""
-        scores: dict[int, float] = {}
-        for p in self._call("list predictions", self._client.predictions.list, project=project_id):
-            if p.model_version == model_version and p.score is not None:
-                scores[int(p.task)] = min(float(p.score), scores.get(int(p.task), float("inf")))
-        return scores
-
-    def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
-        preds = self._call("list predictions", self._client.predictions.list, task=task_id)
-        return [p.model_dump() for p in preds]

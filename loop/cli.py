@@ -1,5 +1,20 @@
 """The `labelloop` command: thin adapters over `Loop` (each parses, calls one method,
-returns an exit code). Errors map to exit codes in `main()`."""
+returns an exit code). Errors are translated once, in `main()`:
+
+exit code  meaning
+0          done
+1          another labelloop error
+2          usage error (click's message) or a setting is missing/invalid
+3          the workspace (git + DVC) is missing or cannot be written
+4          Label Studio is unreachable or refused a call
+5          no promoted model yet
+6          a training run failed (the serving model is unchanged)
+7          bad input (not an image, ...)
+8          the labelloop service is not reachable
+9          another training run is in progress
+10         an operating-system error (disk full, permissions, a missing file)
+130        interrupted (Ctrl-C)
+"""
 
 from __future__ import annotations
 
@@ -11,7 +26,7 @@ import sys
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -19,9 +34,15 @@ from rich.logging import RichHandler
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from kernel.errors import LabelloopError, TrainingError
+from kernel.settings import Settings
 from loop.core import Loop
-from loop.errors import LabelloopError, TrainingError
-from loop.settings import Settings
+
+if TYPE_CHECKING:
+    from loop.stack import StackLock
+
+#: An OSError that reached the CLI (disk full, permissions, a file that vanished).
+OS_ERROR_EXIT = 10
 
 app = typer.Typer(help="labelloop: an active-learning labeling loop.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -32,8 +53,20 @@ def _settings(**overrides) -> Settings:
     return Settings.load(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"labelloop {version('labelloop')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                           help="Print the version and exit")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
@@ -53,11 +86,11 @@ def init(
     test_fraction: float = 0.25,
 ) -> None:
     """Create the data workspace: git + DVC + remote, params.yaml, dvc.yaml, the dataset."""
-    loop = Loop(_settings(workspace=directory))
-    ws = loop.init(starter=starter, folder=from_folder, seed_per_class=seed_per_class,
+    settings = _settings(workspace=directory)
+    ws = Loop(settings).init(starter=starter, folder=from_folder, seed_per_class=seed_per_class,
                    test_fraction=test_fraction)
     console.print(f"workspace {ws.root}: {len(ws.events())} seed labels, "
-                  f"{len(ws.pool_images())} pool images, remote {loop.settings.remote_url}")
+                  f"{len(ws.pool_images())} pool images, remote {settings.remote_url}")
 
 
 @app.command()
@@ -98,17 +131,16 @@ def _progress():
 def train() -> None:
     """Train now on the workspace HEAD; promote if not worse than the serving model."""
     with console.status("training (clone at the data commit, dvc repro, evaluate, register) ..."):
-        loop = Loop(_settings())
+        settings = _settings()
+        loop = Loop(settings)
         run = loop.train(trigger="cli", rescore=False)
-    if run is not None and run.status == "promoted":
-        with _progress() as progress:
-            loop.rescore(run.model_tag, progress=progress)
-    if run is None:
-        console.print("a training run is already in progress")
-        raise typer.Exit(1)
     console.print(f"run {run.run_id}: {run.status} ({run.reason}) {run.model_tag or ''}")
     if run.status == "failed":
-        raise typer.Exit(TrainingError.exit_code)
+        raise TrainingError(f"training run {run.run_id} failed: {run.reason}; the serving model is "
+                            f"unchanged (log: {settings.runs_dir / run.run_id / 'job.log'})")
+    if run.status == "promoted":
+        with _progress() as progress:
+            loop.rescore(run.model_tag, progress=progress)
 
 
 @app.command()
@@ -167,16 +199,26 @@ def up(
     label_studio: Annotated[bool, typer.Option(help="Start Label Studio from its venv")] = True,
 ) -> None:
     """Start the stack (Label Studio, service, scheduler) and keep it running."""
+    from loop.stack import StackLock
+
+    settings = _settings()
+    with StackLock(settings.home) as lock:  # one `up` per home; what a dead one left is stopped
+        lock.record(label_studio_url=settings.label_studio_url if label_studio else None,
+                    service_url=settings.resolved_service_url)
+        _run_stack(settings, lock, label_studio=label_studio)
+
+
+def _run_stack(settings: Settings, lock: "StackLock", *, label_studio: bool) -> None:
     from loop.scheduler import build_scheduler
     from loop.stack import LabelStudioServer, ServiceServer
     from serving import read_promotion
 
-    settings = _settings()
     ls = None
     if label_studio:
         ls = LabelStudioServer(settings, settings.label_studio_token_file.parent)
         console.print(f"starting Label Studio at {ls.url} ...")
         ls.start(wait=False)
+        lock.add_process("label-studio", ls)
         settings = Settings.load(**{**settings.model_dump(), "label_studio_api_key": ls.token})
     loop = Loop(settings)
     service = ServiceServer(settings)
@@ -186,6 +228,7 @@ def up(
             console.print(f"creating a digits workspace at {loop.workspace.root} ...")
             loop.init(starter="digits")
         service.start(wait=False)  # it loads whatever gets promoted
+        lock.add_process("service", service)
         if read_promotion(settings.promotion_file) is None:
             console.print("training the first model ...")
             loop.train(trigger="first model", rescore=False)
@@ -252,24 +295,25 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every error becomes a message on stderr and an exit code (table above)."""
     try:
-        # With standalone_mode=False click returns a typer.Exit's code instead of raising.
-        returned = app(args=argv, standalone_mode=False)
+        # Standalone mode: click prints usage errors itself (exit 2), --help and --version.
+        app(args=argv, prog_name="labelloop")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except LabelloopError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        _error(str(exc))
         return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
+    except OSError as exc:
+        _error(f"{exc}; check free disk space, permissions and the path, then run the command again")
+        return OS_ERROR_EXIT
+    except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # click usage errors
-        import click
+    return 0
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
-    return returned if isinstance(returned, int) else 0
+
+def _error(message: str) -> None:
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {message}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from labeling import LabelStudioGateway
+from labeling import SimulatedAnnotator
 from loop.core import Loop
-from loop.errors import LabelloopError
+from kernel.errors import LabelloopError
 from loop.scheduler import build_scheduler
-from loop.settings import Settings
+from kernel.settings import Settings
 from loop.stack import LabelStudioServer, ServiceServer, free_port
 from loop.starter import digits_truth
 from loop.state import RunRecord
 
-__all__ = ["RoundRow", "run_demo", "simulate_annotator", "demo_settings"]
+__all__ = ["RoundRow", "run_demo", "demo_settings"]
 
 
 @dataclass(frozen=True)
@@ -69,25 +69,13 @@ def demo_settings(settings: Settings, base: Path, *, per_round: int) -> Settings
     })
 
 
-def simulate_annotator(gateway: LabelStudioGateway, project: int, truth: dict[str, str], n: int) -> list[str]:
-    """Label `n` tasks in queue order, answering from the ground truth; returns image names."""
-    labeled = []
-    for _ in range(n):
-        task = gateway.next_task(project)
-        if task is None:
-            break
-        gateway.annotate(task.id, truth[task.image_name])
-        labeled.append(task.image_name)
-    return labeled
-
-
 def _wait_for_run(loop: Loop, min_labels: int, timeout_s: float) -> RunRecord:
     """The run that covers `min_labels`, once its predictions are in Label Studio's queue."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for run in loop.state.runs(5):
             if run.status != "running" and (run.n_labels or 0) >= min_labels:
-                rescored = (loop.state.get("rescored") or "").startswith(f"{run.model_tag} ")
+                rescored = loop.state.marks().rescored_version == run.model_tag
                 if run.status != "promoted" or rescored:
                     return run
             if run.status == "failed" and run.finished_at:
@@ -134,7 +122,8 @@ def run_demo(
         say(f"v1 = {first.model_tag}: held-out accuracy {first.accuracy:.4f}")
         ls.wait_ready()
         service.wait_ready()
-        if loop.gateway.delete_project(settings.project_title):
+        annotator = SimulatedAnnotator(loop.gateway)
+        if annotator.delete_project(settings.project_title):
             say("removed the previous demo's Label Studio project")
         project = loop.connect()
         say(f"Label Studio project {project}: pool imported, service connected as ML backend")
@@ -146,7 +135,7 @@ def run_demo(
         labels = first.n_labels or 0
         for round_no in range(1, rounds + 1):
             round_start = time.perf_counter()
-            done = simulate_annotator(loop.gateway, project, truth, per_round)
+            done = annotator.label_next(project, truth, per_round)
             labels += len(done)
             say(f"round {round_no}: annotator labeled {len(done)} tasks in queue order; waiting for the loop")
             run = _wait_for_run(loop, labels, timeout_s=600)

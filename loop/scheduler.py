@@ -15,9 +15,7 @@ Every way to ask for training goes through one queue: the label-count policy, a
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
@@ -25,7 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from loop.core import Loop
-from loop.errors import ConfigError
+from kernel.errors import ConfigError
 
 __all__ = ["build_scheduler", "EVENTS_POLL_S"]
 
@@ -42,8 +40,6 @@ def build_scheduler(loop: Loop) -> BackgroundScheduler:
     )
     failures: dict[str, int] = {}
     resume_at: dict[str, datetime] = {}
-    expected: dict[str, datetime | None] = {}
-    lock = threading.Lock()
     cron = None
     if settings.retrain_cron:
         try:
@@ -52,10 +48,8 @@ def build_scheduler(loop: Loop) -> BackgroundScheduler:
             raise ConfigError(f"LABELLOOP_RETRAIN_CRON {settings.retrain_cron!r} is not a crontab: {exc}") from exc
 
     def record(job_id: str, next_run: datetime | None) -> None:
-        with lock:
-            expected[job_id] = max(filter(None, [next_run, resume_at.get(job_id)]), default=None)
-            loop.state.put("schedule", json.dumps(
-                {k: v.isoformat(timespec="seconds") if v else None for k, v in sorted(expected.items())}))
+        when = max(filter(None, [next_run, resume_at.get(job_id)]), default=None)
+        loop.state.set_next_run(job_id, when.isoformat(timespec="seconds") if when else None)
 
     def guarded(job_id: str, fn: Callable[[], object], interval_s: float, next_run: Callable[[datetime], datetime | None]):
         def run() -> None:
@@ -70,11 +64,11 @@ def build_scheduler(loop: Loop) -> BackgroundScheduler:
                 resume_at[job_id] = now + timedelta(seconds=delay)
                 log.error("job %s failed (%d in a row; retrying in %.0fs): %s",
                           job_id, failures[job_id], delay, exc)
-                loop.state.put(f"error:{job_id}", f"{now:%Y-%m-%d %H:%M:%S} {exc} "
+                loop.state.set_job_error(job_id, f"{now:%Y-%m-%d %H:%M:%S} {exc} "
                                                  f"(failed {failures[job_id]}x; retrying in {delay:.0f}s)")
             else:
                 if failures.pop(job_id, None) is not None:
-                    loop.state.put(f"error:{job_id}", "")
+                    loop.state.set_job_error(job_id, None)
                 resume_at.pop(job_id, None)
             record(job_id, next_run(datetime.now(timezone.utc)))
 

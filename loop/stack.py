@@ -1,11 +1,18 @@
 """Starting and stopping the processes of the embedded stack: Label Studio (from its own
-venv) and the labelloop service (`bentoml serve`). Used by `up`, `demo` and the tests."""
+venv) and the labelloop service (`bentoml serve`). Used by `up`, `demo` and the tests.
+
+Every process runs under `loop.supervisor`, so its whole tree dies with whoever started
+it, SIGKILL included. `StackLock` keeps one `labelloop up` per home and stops what a dead
+one left behind; a port that is already taken is an error, never a server adopted."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,12 +20,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import psutil
 
-from loop.errors import ConfigError, LabelloopError
-from loop.settings import Settings
+from kernel.errors import ConfigError, LabelloopError
+from kernel.settings import Settings
+from loop.supervisor import LOCK_HELD_EXIT, supervised
 from serving.client import PredictionClient
 
-__all__ = ["ManagedProcess", "LabelStudioServer", "ServiceServer", "free_port"]
+__all__ = ["ManagedProcess", "LabelStudioServer", "ServiceServer", "StackLock", "free_port", "require_free_port"]
 
 
 def free_port() -> int:
@@ -29,46 +38,77 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def require_free_port(host: str, port: int, setting: str) -> None:
+    """A port someone else listens on is an error naming the setting to change: a server
+    found there is never adopted as ours."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise ConfigError(f"port {port} on {host} is already in use by another program: stop it, "
+                              f"or set {setting} to a free port") from None
+
+
 class ManagedProcess:
     name = "process"
+    #: Held by the supervisor while the process tree lives (None: no lock).
+    lock_path: Path | None = None
 
     def __init__(self, log_path: Path):
         self.log_path = log_path
         self._proc: subprocess.Popen | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The supervisor's pid (the root of the tree)."""
+        return self._proc.pid if self._proc is not None else None
+
     def _spawn(self, cmd: list[str], env: dict[str, str], cwd: Path) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        # Own session: stop() ends the whole tree (bentoml and Label Studio fork workers).
+        # Under a supervisor that dies with us and ends the whole tree (bentoml and Label
+        # Studio fork workers with sessions of their own); its own session for stop().
         self._proc = subprocess.Popen(
-            cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+            supervised(cmd, lock=self.lock_path), env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
 
-    def _wait_http(self, url: str, timeout_s: float) -> None:
+    def _check_alive(self) -> None:
+        if self._proc is None or self._proc.poll() is None:
+            return
+        if self._proc.returncode == LOCK_HELD_EXIT:
+            raise ConfigError(f"another {self.name} already runs on {self.lock_path.parent}: stop it first "
+                              f"(its pid is in {self.lock_path})")
+        raise LabelloopError(f"{self.name} exited with code {self._proc.returncode}; see {self.log_path}")
+
+    def _wait_until(self, ready, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise LabelloopError(
-                    f"{self.name} exited with code {self._proc.returncode}; see {self.log_path}"
-                )
-            try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+        while not ready():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LabelloopError(f"{self.name} not ready after {timeout_s:.0f}s; see {self.log_path}")
             time.sleep(0.5)
-        self.stop()
-        raise LabelloopError(f"{self.name} not ready after {timeout_s:.0f}s; see {self.log_path}")
+
+    def _wait_http(self, url: str, timeout_s: float) -> None:
+        def answers() -> bool:
+            try:
+                return httpx.get(url, timeout=2.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        self._wait_until(answers, timeout_s)
 
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM to the supervisor, which ends the tree; SIGKILL the group if it hangs."""
         if self._proc is None or self._proc.poll() is not None:
             return
-        os.killpg(self._proc.pid, signal.SIGTERM)
+        self._proc.send_signal(signal.SIGTERM)
         try:
             self._proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -91,6 +131,7 @@ class LabelStudioServer(ManagedProcess):
         super().__init__(settings.home / "logs" / "label-studio.log")
         self.settings = settings
         self.data_dir = data_dir
+        self.lock_path = data_dir / "labelloop-label-studio.lock"  # never two on one data dir
         parsed = urlparse(settings.label_studio_url)
         self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 8080
         self.url = f"http://{self.host}:{self.port}"
@@ -133,6 +174,7 @@ class LabelStudioServer(ManagedProcess):
             "LABEL_STUDIO_HOST": self.url,
         })
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        require_free_port(self.host, self.port, "LABELLOOP_LABEL_STUDIO_URL")
         self._spawn(
             [str(exe), "start", "--no-browser", "--internal-host", self.host,
              "--port", str(self.port), "--data-dir", str(self.data_dir)],
@@ -158,6 +200,7 @@ class ServiceServer(ManagedProcess):
 
     def start(self, timeout_s: float = 180.0, *, wait: bool = True) -> "ServiceServer":
         bentoml = Path(sys.executable).parent / "bentoml"
+        require_free_port(self.settings.service_host, self.settings.service_port, "LABELLOOP_SERVICE_PORT")
         self._spawn(
             [str(bentoml), "serve", "serving.service:Labelloop",
              "--host", self.settings.service_host, "--port", str(self.settings.service_port)],
@@ -170,14 +213,78 @@ class ServiceServer(ManagedProcess):
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         """Up when the front answers /health through its model worker (with the configured
         credentials): both BentoML services are serving."""
-        client = PredictionClient.for_settings(self.settings)
-        deadline = time.monotonic() + timeout_s
-        while client.health() is None:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise LabelloopError(
-                    f"{self.name} exited with code {self._proc.returncode}; see {self.log_path}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise LabelloopError(f"{self.name} not ready after {timeout_s:.0f}s; see {self.log_path}")
-            time.sleep(0.5)
+        client = PredictionClient.for_settings(self.settings.serving)
+        self._wait_until(lambda: client.health() is not None, timeout_s)
+
+
+class StackLock:
+    """One `labelloop up` per home: an exclusive lock (released by the kernel however its
+    holder dies) and a record of what it started (`<home>/stack.json`: pids, command lines,
+    URLs). A second `up` on a live home is refused naming the running one; a record left by
+    a dead one is cleaned up first: its processes, verified by command line, are stopped."""
+
+    def __init__(self, home: Path):
+        self.path = home / "stack.lock"
+        self.record_path = home / "stack.json"
+        self._file = None
+
+    def __enter__(self) -> "StackLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            running = self._read_record()
+            raise ConfigError(
+                f"labelloop up already runs on {self.path.parent} (pid {running.get('pid', '?')}, "
+                f"Label Studio {running.get('label_studio_url', '?')}, service {running.get('service_url', '?')}): "
+                "use it, or stop it first (Ctrl-C or `kill` that pid)") from None
+        self._stop_leftovers()
+        self.record(pid=os.getpid(), processes=[])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.record_path.unlink(missing_ok=True)
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+    def _read_record(self) -> dict:
+        try:
+            return json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def record(self, **fields: object) -> None:
+        data = {**self._read_record(), **fields}
+        tmp = self.record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.record_path)
+
+    def add_process(self, name: str, process: ManagedProcess) -> None:
+        """Record a started process (its supervisor's pid and command line)."""
+        proc = psutil.Process(process.pid)
+        entry = {"name": name, "pid": proc.pid, "cmdline": proc.cmdline(), "create_time": proc.create_time()}
+        self.record(processes=[*self._read_record().get("processes", []), entry])
+
+    def _stop_leftovers(self) -> None:
+        for entry in self._read_record().get("processes", []):
+            try:
+                proc = psutil.Process(entry["pid"])
+                if proc.cmdline() != entry["cmdline"] or abs(proc.create_time() - entry["create_time"]) > 1:
+                    continue  # the pid was reused by something else
+                tree = [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for p in tree:
+                try:
+                    p.terminate()
+                except psutil.Error:
+                    pass
+            _, alive = psutil.wait_procs(tree, timeout=15)
+            for p in alive:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass

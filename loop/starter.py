@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from loop.errors import ConfigError
+from kernel.errors import ConfigError
 
 __all__ = ["StarterImage", "digits_images", "digits_truth", "folder_images", "DIGITS_SCALE"]
 

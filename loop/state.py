@@ -1,15 +1,24 @@
-"""The loop's own state (runs, counters) in SQLite, safe to read while the scheduler writes."""
+"""The loop's own state in SQLite (safe to read while the scheduler writes), typed.
+
+Tables: `runs` (training runs), `marks` (one row of typed scalar state, `LoopMarks`),
+`tasks` (the Label Studio task of every pool image), `pending_deletions` (annotation ids a
+webhook reported deleted, until a collect handles them), `review_queue` (tasks re-queued
+for one more annotator), `jobs` (scheduler jobs: next run, last error) and `leases`.
+A database written by an earlier version (a `kv` table of string keys) is migrated on open.
+"""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["RunRecord", "StateStore", "utcnow"]
+__all__ = ["LoopMarks", "RunRecord", "StateStore", "utcnow"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -25,8 +34,31 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT NOT NULL,
     finished_at TEXT
 );
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS marks (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    project_id INTEGER,
+    last_collect TEXT,
+    last_full_collect TEXT,
+    last_collect_commit TEXT,
+    pushed_commit TEXT,
+    training_requested INTEGER NOT NULL DEFAULT 0,
+    queue_version TEXT,
+    queue_view INTEGER,
+    rescored_version TEXT,
+    rescored_tasks INTEGER
+);
+INSERT OR IGNORE INTO marks (id) VALUES (1);
 CREATE TABLE IF NOT EXISTS tasks (task_id INTEGER PRIMARY KEY, image TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pending_deletions (annotation_id INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS review_queue (
+    task_id INTEGER PRIMARY KEY,
+    annotators INTEGER NOT NULL    -- how many annotators Label Studio was asked to serve it to
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job TEXT PRIMARY KEY,          -- collect | retrain | cron | rescore
+    next_run TEXT,
+    error TEXT                     -- the last failure, NULL once the job succeeds again
+);
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -37,6 +69,25 @@ CREATE TABLE IF NOT EXISTS leases (
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class LoopMarks:
+    """The loop's scalar state (one row of `marks`)."""
+
+    project_id: int | None = None
+    last_collect: str | None = None  # when a collect last ran (UTC ISO)
+    last_full_collect: str | None = None
+    last_collect_commit: str | None = None  # the newest data commit a collect made
+    pushed_commit: str | None = None  # the newest data commit known to be in the DVC remote
+    training_requested: bool = False  # START_TRAINING, a schedule or a person queued a run
+    queue_version: str | None = None  # the model version Label Studio's queue follows
+    queue_view: int | None = None  # the Data Manager tab "labelloop queue"
+    rescored_version: str | None = None  # the model the pool was last re-scored with
+    rescored_tasks: int | None = None
+
+
+_MARKS = tuple(f.name for f in fields(LoopMarks))
 
 
 @dataclass(frozen=True)
@@ -60,9 +111,10 @@ class StateStore:
         self.path = path
         with self._db() as db:
             db.executescript(SCHEMA)
+            _migrate_kv(db)
 
     @contextmanager
-    def _db(self):
+    def _db(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             # Autocommit, except where a method opens its own transaction (BEGIN IMMEDIATE).
@@ -76,15 +128,25 @@ class StateStore:
         finally:
             db.close()
 
-    def get(self, key: str) -> str | None:
+    # --- marks ----------------------------------------------------------------------------
+    def marks(self) -> LoopMarks:
         with self._db() as db:
-            row = db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+            row = db.execute(f"SELECT {', '.join(_MARKS)} FROM marks WHERE id = 1").fetchone()
+        values = dict(zip(_MARKS, row))
+        values["training_requested"] = bool(values["training_requested"])
+        return LoopMarks(**values)
 
-    def put(self, key: str, value: str) -> None:
-        with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+    def set_marks(self, **changes: object) -> None:
+        """Update some marks (names and types of `LoopMarks`; an unknown name is a bug)."""
+        unknown = set(changes) - set(_MARKS)
+        if unknown:
+            raise TypeError(f"not a loop mark: {sorted(unknown)}")
+        if changes:
+            with self._db() as db:
+                db.execute(f"UPDATE marks SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = 1",
+                           tuple(changes.values()))
 
+    # --- the pool's tasks -------------------------------------------------------------------
     def set_tasks(self, tasks: dict[int, str]) -> None:
         """The Label Studio task of every pool image (replaces what was there)."""
         with self._db() as db:
@@ -96,6 +158,53 @@ class StateStore:
         with self._db() as db:
             return dict(db.execute("SELECT task_id, image FROM tasks").fetchall())
 
+    # --- deletions a webhook reported, until a collect handles them ---------------------------
+    def add_pending_deletions(self, annotation_ids: Iterable[int]) -> None:
+        with self._db() as db:
+            db.executemany("INSERT OR IGNORE INTO pending_deletions (annotation_id) VALUES (?)",
+                           [(int(a),) for a in annotation_ids])
+
+    def pending_deletions(self) -> set[int]:
+        with self._db() as db:
+            return {row[0] for row in db.execute("SELECT annotation_id FROM pending_deletions")}
+
+    def forget_deletions(self, handled: Iterable[int]) -> None:
+        """Only what a collect handled: a deletion that arrived meanwhile stays pending."""
+        with self._db() as db:
+            db.executemany("DELETE FROM pending_deletions WHERE annotation_id = ?", [(int(a),) for a in handled])
+
+    # --- tasks re-queued for review -----------------------------------------------------------
+    def review_queue(self) -> dict[int, int]:
+        """Task id -> the number of annotators Label Studio was asked to serve it to."""
+        with self._db() as db:
+            return dict(db.execute("SELECT task_id, annotators FROM review_queue").fetchall())
+
+    def set_review_queue(self, asked: dict[int, int]) -> None:
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM review_queue")
+            db.executemany("INSERT INTO review_queue (task_id, annotators) VALUES (?, ?)", sorted(asked.items()))
+
+    # --- scheduler jobs ---------------------------------------------------------------------
+    def set_next_run(self, job: str, when: str | None) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO jobs (job, next_run) VALUES (?, ?) ON CONFLICT (job) "
+                       "DO UPDATE SET next_run = excluded.next_run", (job, when))
+
+    def set_job_error(self, job: str, error: str | None) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO jobs (job, error) VALUES (?, ?) ON CONFLICT (job) "
+                       "DO UPDATE SET error = excluded.error", (job, error))
+
+    def job_errors(self) -> dict[str, str]:
+        with self._db() as db:
+            return dict(db.execute("SELECT job, error FROM jobs WHERE error IS NOT NULL ORDER BY job"))
+
+    def next_runs(self) -> dict[str, str | None]:
+        with self._db() as db:
+            return dict(db.execute("SELECT job, next_run FROM jobs WHERE next_run IS NOT NULL ORDER BY job"))
+
+    # --- training runs ----------------------------------------------------------------------
     def start_run(self, run_id: str, data_commit: str, label_batch: int, trigger: str) -> None:
         with self._db() as db:
             db.execute(
@@ -137,6 +246,16 @@ class StateStore:
     def last_finished_run(self) -> RunRecord | None:
         return next((r for r in self.runs(100) if r.status != "running"), None)
 
+    def fail_interrupted_runs(self) -> int:
+        """Runs left 'running' by a killed scheduler: mark failed so a new one can start."""
+        with self._db() as db:
+            cur = db.execute(
+                "UPDATE runs SET status = 'failed', reason = 'interrupted (scheduler stopped)', "
+                "finished_at = ? WHERE status = 'running'",
+                (utcnow(),),
+            )
+            return cur.rowcount
+
     # --- leases: one holder at a time, across threads, processes and restarts ----------
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> str | None:
         """Take (or renew) the lease; None on success, else the current holder."""
@@ -162,12 +281,32 @@ class StateStore:
             return None
         return row[0], row[1] - time.time()
 
-    def fail_interrupted_runs(self) -> int:
-        """Runs left 'running' by a killed scheduler: mark failed so a new one can start."""
-        with self._db() as db:
-            cur = db.execute(
-                "UPDATE runs SET status = 'failed', reason = 'interrupted (scheduler stopped)', "
-                "finished_at = ? WHERE status = 'running'",
-                (utcnow(),),
-            )
-            return cur.rowcount
+
+def _migrate_kv(db: sqlite3.Connection) -> None:
+    """An earlier version kept the marks as string keys in `kv`: move them into the typed
+    tables once (in one transaction), then drop `kv`."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'").fetchone() is None:
+        return
+    kv = dict(db.execute("SELECT key, value FROM kv").fetchall())
+    marks: dict[str, object] = {}
+    for name in ("last_collect", "last_full_collect", "last_collect_commit", "pushed_commit", "queue_version"):
+        if kv.get(name):
+            marks[name] = kv[name]
+    for name in ("project_id", "queue_view"):
+        if kv.get(name):
+            marks[name] = int(kv[name])
+    marks["training_requested"] = int(kv.get("training_requested") == "1")
+    if kv.get("rescored"):
+        version, _, count = kv["rescored"].rpartition(" ")
+        marks.update(rescored_version=version, rescored_tasks=int(count))
+    db.execute("BEGIN IMMEDIATE")
+    db.execute(f"UPDATE marks SET {', '.join(f'{k} = ?' for k in marks)} WHERE id = 1", tuple(marks.values()))
+    db.executemany("INSERT OR IGNORE INTO pending_deletions (annotation_id) VALUES (?)",
+                   [(int(a),) for a in json.loads(kv.get("deleted_annotations") or "[]")])
+    db.executemany("INSERT OR REPLACE INTO review_queue (task_id, annotators) VALUES (?, ?)",
+                   [(int(t), int(n)) for t, n in json.loads(kv.get("review_queue") or "{}").items()])
+    for key, value in kv.items():
+        if key.startswith("error:") and value:
+            db.execute("INSERT OR REPLACE INTO jobs (job, error) VALUES (?, ?)", (key[len("error:"):], value))
+    db.execute("DROP TABLE kv")
+    db.execute("COMMIT")

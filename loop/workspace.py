@@ -1,6 +1,6 @@
 """The data workspace: a git repo with DVC, holding immutable images and label shards.
 
-Layout (see `pipelines.layout`)::
+Layout (see `kernel.layout`)::
 
     params.yaml  dvc.yaml  dvc.lock
     data/images/          seed + pool images            (DVC, immutable)
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from loop.errors import WorkspaceError
+from kernel.errors import WorkspaceError
 from loop.starter import StarterImage
 from pipelines.labels import (
     SEED_SHARD,
@@ -38,7 +38,7 @@ from pipelines.labels import (
     read_events,
     write_shard,
 )
-from pipelines.layout import (
+from kernel.layout import (
     IMAGES_DIR,
     LABELS_DIR,
     PARAMS_FILE,
@@ -47,51 +47,13 @@ from pipelines.layout import (
     TEST_LABELS,
 )
 from pipelines.params import DataParams, Params, load_params
+from pipelines.stages import DVC_PIPELINE
 
-__all__ = ["Workspace", "Cursor", "DVC_PIPELINE"]
+__all__ = ["Workspace", "Cursor"]
 
 log = logging.getLogger(__name__)
 
 CURSOR_FILE = LABELS_DIR / "cursor.json"
-
-DVC_PIPELINE = {
-    "stages": {
-        "prepare": {
-            "cmd": "python -m pipelines.prepare",
-            "deps": [str(IMAGES_DIR), str(LABELS_DIR), "data/test"],
-            "params": ["data"],
-            "outs": ["build/prepared.npz"],
-        },
-        "train": {
-            "cmd": "python -m pipelines.train",
-            "deps": ["build/prepared.npz"],
-            "params": ["data", "train"],
-            "outs": ["build/model.keras"],
-        },
-        "evaluate": {
-            "cmd": "python -m pipelines.evaluate",
-            "deps": ["build/model.keras", "build/prepared.npz"],
-            "metrics": [{"metrics.json": {"cache": False}}],
-            "plots": [
-                {
-                    "plots/confusion.csv": {
-                        "cache": False,
-                        "template": "confusion",
-                        "x": "actual",
-                        "y": "predicted",
-                    }
-                }
-            ],
-        },
-        "register": {
-            "cmd": "python -m pipelines.register",
-            "deps": ["build/model.keras", "metrics.json"],
-            "params": ["register"],
-            "outs": [{"build/registered.json": {"cache": False}}],
-        },
-    }
-}
-
 
 @dataclass(frozen=True)
 class Cursor:
@@ -207,8 +169,14 @@ class Workspace:
         return Repo(str(self.root))
 
     def _dvc_add(self, paths: Sequence[Path]) -> None:
-        with self._dvc() as repo:
-            repo.add([str(self.root / p) for p in paths])
+        from dvc.exceptions import DvcException
+
+        try:
+            with self._dvc() as repo:
+                repo.add([str(self.root / p) for p in paths])
+        except DvcException as exc:
+            raise WorkspaceError(f"dvc add in {self.root} failed: {exc}; fix the cause "
+                                 "(disk space, permissions) and collect again") from exc
 
     def git(self, *args: str) -> str:
         proc = subprocess.run(

@@ -15,51 +15,12 @@ Any fsspec URL works; credentials come from the environment (e.g. AWS_* from a S
 from __future__ import annotations
 
 import json
-import os
 import posixpath
-from pathlib import Path
 from typing import Any
 
-__all__ = ["ArtifactStore", "storage_fs", "read_text", "write_text_atomic"]
+from kernel.storage import read_text, write_text_atomic
 
-
-def storage_fs(location: Path | str):
-    """(filesystem, path) for an fsspec URL (s3://, file://, memory://...); None for a
-    plain local path, which the callers handle with pathlib."""
-    if isinstance(location, str) and "://" in location:
-        import fsspec
-
-        return fsspec.core.url_to_fs(location)
-    return None
-
-
-def read_text(location: Path | str) -> str | None:
-    """A whole file from a local path or a URL; None if it does not exist."""
-    if remote := storage_fs(location):
-        fs, path = remote
-        if not fs.exists(path):
-            return None
-        with fs.open(path, "r") as src:
-            return src.read()
-    path = Path(location)
-    return path.read_text() if path.exists() else None
-
-
-def write_text_atomic(location: Path | str, text: str) -> None:
-    """Written whole under a temporary name, then moved: readers see the old file or the
-    new one, never half of one (on object stores a single PUT is atomic anyway)."""
-    if remote := storage_fs(location):
-        fs, path = remote
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with fs.open(f"{path}.tmp", "w") as out:
-            out.write(text)
-        fs.mv(f"{path}.tmp", path)
-        return
-    path = Path(location)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+__all__ = ["ArtifactStore"]
 
 
 class ArtifactStore:

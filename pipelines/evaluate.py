@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.layout import CONFUSION_FILE, METRICS_FILE, MODEL_FILE, PARAMS_FILE, PREPARED
+from kernel.layout import CONFUSION_FILE, METRICS_FILE, MODEL_FILE, PARAMS_FILE, PREPARED
 from pipelines.params import Params, load_params
 
 __all__ = ["Metrics", "evaluate", "score_predictions"]

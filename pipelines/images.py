@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from loop.errors import BadInputError
+from kernel.errors import BadInputError
 
 __all__ = ["decode_image", "preprocess", "MAX_IMAGE_PIXELS"]
 

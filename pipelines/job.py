@@ -21,22 +21,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipelines.layout import METRICS_FILE, REGISTERED_FILE
+from kernel.layout import METRICS_FILE, REGISTERED_FILE
 
 __all__ = ["JobResult", "run_job", "RESULT_FILE"]
 
+
+#: Written into the run directory (or shared storage) for the launcher to read.
 RESULT_FILE = "result.json"
-
-
-@dataclass(frozen=True)
-class JobResult:
-    run_id: str
-    data_commit: str
-    model_tag: str
-    accuracy: float
-    n_labels: int
-    metrics: dict
-    seconds: float
 
 
 def _git(cwd: Path, *args: str) -> str:
@@ -44,6 +35,19 @@ def _git(cwd: Path, *args: str) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout.strip()
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a training job hands back to the loop (`result.json`)."""
+
+    run_id: str
+    data_commit: str
+    model_tag: str
+    accuracy: float
+    n_labels: int
+    metrics: dict
+    seconds: float
 
 
 def _step(message: str) -> None:

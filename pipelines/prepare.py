@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from loop.errors import WorkspaceError
+from kernel.errors import WorkspaceError
 from pipelines.images import decode_image, preprocess
 from pipelines.labels import labels_by_image, read_events
-from pipelines.layout import IMAGES_DIR, LABELS_DIR, PARAMS_FILE, PREPARED, TEST_IMAGES_DIR, TEST_LABELS
+from kernel.layout import IMAGES_DIR, LABELS_DIR, PARAMS_FILE, PREPARED, TEST_IMAGES_DIR, TEST_LABELS
 from pipelines.params import Params, load_params
 
 __all__ = ["PrepareResult", "prepare"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.labels import labels_by_image, read_events
-from pipelines.layout import LABELS_DIR, METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
+from kernel.layout import LABELS_DIR, METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
 from pipelines.params import Params, load_params
 
 __all__ = ["Registration", "register", "MODEL_FILENAME"]
@@ -23,6 +23,8 @@ MODEL_FILENAME = "model.keras"
 
 @dataclass(frozen=True)
 class Registration:
+    """A model in the BentoML store, with the data, metrics and params it came from."""
+
     tag: str
     data_commit: str
     accuracy: float

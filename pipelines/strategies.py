@@ -7,15 +7,16 @@ tab sorted ascending both put the most informative task on top.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from loop.errors import BadInputError
+from kernel.errors import BadInputError, ConfigError
 
 __all__ = [
-    "QueryStrategy", "Margin", "DiverseMargin", "LeastConfidence", "Entropy", "RandomSampling",
-    "margin_scores", "least_confidence_scores", "entropy_scores", "get_strategy", "STRATEGIES",
+    "QueryStrategy", "BatchQueryStrategy", "STRATEGY_NAMES", "Margin", "DiverseMargin", "LeastConfidence", "Entropy", "RandomSampling",
+    "margin_scores", "least_confidence_scores", "entropy_scores", "get_strategy", "per_image_scores", "STRATEGIES",
     "k_center_greedy", "diverse_margin_order", "cold_start_order", "order_to_scores", "pool_order",
 ]
 
@@ -56,6 +57,8 @@ def entropy_scores(probabilities: np.ndarray) -> np.ndarray:
 
 
 class QueryStrategy(Protocol):
+    """Pointwise: each item's score alone (one image of the client API, one task)."""
+
     name: str
 
     def score(self, probabilities: np.ndarray) -> np.ndarray:
@@ -63,31 +66,50 @@ class QueryStrategy(Protocol):
         ...
 
 
-class Margin:
+@runtime_checkable
+class BatchQueryStrategy(QueryStrategy, Protocol):
+    """Batch mode: the next `batch_size` items are chosen together, in the model's
+    embedding space, when the whole pool is re-scored (the loop then asks the service for
+    embeddings too). A single item still gets its pointwise `score`."""
+
+    name: str
+
+    def score(self, probabilities: np.ndarray) -> np.ndarray: ...
+
+    def order(
+        self, probabilities: np.ndarray, embeddings: np.ndarray, *,
+        labeled_embeddings: np.ndarray | None, batch_size: int,
+    ) -> np.ndarray:
+        """The whole pool's ordering (indices, most useful first)."""
+        ...
+
+
+class _Pointwise:
+    """A strategy whose score is a pure function of each item's probabilities."""
+
+    name: str
+    _scores: Callable[[np.ndarray], np.ndarray]
+
+    def score(self, probabilities: np.ndarray) -> np.ndarray:
+        return type(self)._scores(probabilities)
+
+
+class Margin(_Pointwise):
     """Smallest margin between the two most likely classes first (Scheffer et al., 2001)."""
 
-    name = "margin"
-
-    def score(self, probabilities: np.ndarray) -> np.ndarray:
-        return margin_scores(probabilities)
+    name, _scores = "margin", staticmethod(margin_scores)
 
 
-class LeastConfidence:
+class LeastConfidence(_Pointwise):
     """Lowest top-class probability first (Lewis & Gale, 1994)."""
 
-    name = "least_confidence"
-
-    def score(self, probabilities: np.ndarray) -> np.ndarray:
-        return least_confidence_scores(probabilities)
+    name, _scores = "least_confidence", staticmethod(least_confidence_scores)
 
 
-class Entropy:
+class Entropy(_Pointwise):
     """Highest predictive entropy first (Shannon entropy of the class distribution)."""
 
-    name = "entropy"
-
-    def score(self, probabilities: np.ndarray) -> np.ndarray:
-        return entropy_scores(probabilities)
+    name, _scores = "entropy", staticmethod(entropy_scores)
 
 
 class RandomSampling:
@@ -108,14 +130,30 @@ class DiverseMargin(Margin):
 
     name = "diverse_margin"
 
+    def order(
+        self, probabilities: np.ndarray, embeddings: np.ndarray, *,
+        labeled_embeddings: np.ndarray | None, batch_size: int,
+    ) -> np.ndarray:
+        return diverse_margin_order(probabilities, embeddings, labeled_embeddings=labeled_embeddings,
+                                    batch_size=batch_size)
 
+
+#: The one list of strategies: settings, the service, the loop and the benchmark read it.
+#: A new strategy is a class here (pointwise `score`, plus `order` for batch mode).
 STRATEGIES: dict[str, type[QueryStrategy]] = {
-    "diverse_margin": DiverseMargin,
-    "margin": Margin,
-    "least_confidence": LeastConfidence,
-    "entropy": Entropy,
-    "random": RandomSampling,
+    cls.name: cls for cls in (Margin, DiverseMargin, LeastConfidence, Entropy, RandomSampling)
 }
+STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+
+
+def per_image_scores(probabilities: np.ndarray) -> dict[str, np.ndarray]:
+    """The score of every strategy that says something about one image alone (what the
+    client API reports as `scores`): not `random`, and not batch-mode strategies (their
+    single-image score is their base strategy's)."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    strategies = [get_strategy(name) for name in STRATEGY_NAMES if STRATEGIES[name] is not RandomSampling]
+    return {s.name: s.score(probs) if len(probs) else np.zeros(0)
+            for s in strategies if not isinstance(s, BatchQueryStrategy)}
 
 
 def get_strategy(name: str, *, seed: int | None = None) -> QueryStrategy:
@@ -123,8 +161,9 @@ def get_strategy(name: str, *, seed: int | None = None) -> QueryStrategy:
     try:
         cls = STRATEGIES[name]
     except KeyError:
-        raise BadInputError(
-            f"unknown query strategy {name!r}; choose one of {sorted(STRATEGIES)}"
+        raise ConfigError(
+            f"unknown query strategy {name!r}: set LABELLOOP_QUERY_STRATEGY to one of "
+            f"{', '.join(STRATEGY_NAMES)}"
         ) from None
     return RandomSampling(seed) if cls is RandomSampling else cls()
 
@@ -234,9 +273,10 @@ def pool_order(
 ) -> np.ndarray:
     """The order in which the loop queues the unlabeled pool under `strategy` (indices,
     most useful first). The loop and the active-learning benchmark both select with this."""
-    if strategy == "diverse_margin":
+    chosen = get_strategy(strategy, seed=seed)
+    if isinstance(chosen, BatchQueryStrategy):
         if embeddings is None:
-            raise BadInputError("diverse_margin needs the pool's embeddings")
-        return diverse_margin_order(probabilities, embeddings, labeled_embeddings=labeled_embeddings,
-                                    batch_size=batch_size)
-    return np.argsort(get_strategy(strategy, seed=seed).score(probabilities), kind="stable")
+            raise BadInputError(f"{strategy} selects in the embedding space: it needs the pool's embeddings")
+        return chosen.order(probabilities, embeddings, labeled_embeddings=labeled_embeddings,
+                            batch_size=batch_size)
+    return np.argsort(chosen.score(probabilities), kind="stable")

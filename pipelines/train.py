@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.layout import MODEL_FILE, PARAMS_FILE, PREPARED
+from kernel.layout import MODEL_FILE, PARAMS_FILE, PREPARED
 from pipelines.params import Params, load_params
 
 __all__ = ["TrainResult", "build_model", "epochs_for", "fit", "train"]

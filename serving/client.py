@@ -12,7 +12,7 @@ import httpx
 from serving.protocol import ImagePrediction
 
 if TYPE_CHECKING:
-    from loop.settings import Settings
+    from kernel.settings import ServingSettings
 
 __all__ = ["PredictionClient", "CLIENT_BATCH"]
 
@@ -22,7 +22,8 @@ CLIENT_BATCH = 64
 
 class PredictionClient:
     """`api_key` for the client API, `basic_auth` for the Label Studio routes (`/health`),
-    as the service is configured; `PredictionClient.for_settings` takes both from settings."""
+    as the service is configured; `PredictionClient.for_settings` takes both from the
+    serving settings (`settings.serving`)."""
 
     def __init__(
         self,
@@ -38,17 +39,13 @@ class PredictionClient:
         self._http = httpx.Client(base_url=self.url, timeout=timeout_s, headers=headers)
 
     @classmethod
-    def for_settings(cls, settings: "Settings", **kwargs: object) -> "PredictionClient":
-        key = settings.serving_api_key
-        password = settings.serving_basic_auth_password
-        basic = (
-            (settings.serving_basic_auth_user, password.get_secret_value())
-            if settings.serving_basic_auth_user and password else None
-        )
+    def for_settings(cls, settings: "ServingSettings", **kwargs: object) -> "PredictionClient":
+        """The service at `settings.url`, with the credentials it is configured with."""
+        key = settings.api_key
         return cls(
-            settings.resolved_service_url,
+            settings.url,
             api_key=key.get_secret_value() if key else None,
-            basic_auth=basic,
+            basic_auth=settings.basic_auth,
             **kwargs,  # type: ignore[arg-type]
         )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.artifacts import storage_fs
+from kernel.storage import storage_fs
 
 __all__ = ["spool_event", "drain_events"]
 

@@ -8,6 +8,9 @@
   Label Studio itself: a token never leaves for another host);
 - data URIs: decoded in place.
 
+A task whose image cannot be had (no URL, unreachable, refused) is a `FetchError`; bytes or
+text that are not usable (a malformed data URI, too large) a `BadInputError`.
+
 Fetching is concurrent and bounded, and an LRU cache (bounded in bytes) keeps recent images:
 Label Studio asks again for the same tasks (retrieve predictions, `/next/`).
 """
@@ -22,7 +25,7 @@ from collections.abc import Generator, Sequence
 import httpx
 from cachetools import LRUCache
 
-from loop.errors import BadInputError
+from kernel.errors import BadInputError, FetchError
 
 __all__ = ["ImageFetcher", "LabelStudioTokenAuth", "decode_base64"]
 
@@ -69,7 +72,7 @@ class LabelStudioTokenAuth(httpx.Auth):
     def _refresh(self) -> Generator[httpx.Request, httpx.Response, None]:
         response = yield httpx.Request("POST", self._refresh_url, json={"refresh": self._token})
         if response.status_code != 200:
-            raise BadInputError(
+            raise FetchError(
                 f"Label Studio refused the personal access token (HTTP {response.status_code} "
                 "from /api/token/refresh): set a valid LABELLOOP_LABEL_STUDIO_API_KEY"
             )
@@ -124,7 +127,7 @@ class ImageFetcher:
 
     async def fetch(self, url: str) -> bytes:
         if not url:
-            raise BadInputError("task has no image URL")
+            raise FetchError("task has no image URL")
         if url.startswith("data:"):
             return decode_base64(url)
         if url.startswith(("http://", "https://")):
@@ -132,7 +135,7 @@ class ImageFetcher:
         elif self.label_studio_url:
             absolute = f"{self.label_studio_url}/{url.lstrip('/')}"
         else:
-            raise BadInputError(f"{url} is relative and no Label Studio URL is known")
+            raise FetchError(f"{url} is relative and no Label Studio URL is known")
         if (cached := self._cache.get(absolute)) is not None:
             return cached
         label_studio, open_web = self._http()
@@ -142,21 +145,21 @@ class ImageFetcher:
             try:
                 response = await client.get(absolute)
             except httpx.HTTPError as exc:
-                raise BadInputError(f"cannot fetch {_redact(url)}: {type(exc).__name__}") from exc
+                raise FetchError(f"cannot fetch {_redact(url)}: {type(exc).__name__}") from exc
         if response.status_code != 200:
-            raise BadInputError(f"cannot fetch {_redact(url)}: HTTP {response.status_code}")
+            raise FetchError(f"cannot fetch {_redact(url)}: HTTP {response.status_code}")
         if len(response.content) > self.max_image_bytes:
             raise BadInputError(f"{_redact(url)} is larger than {self.max_image_bytes} bytes")
         self._cache[absolute] = response.content
         return response.content
 
-    async def fetch_many(self, urls: Sequence[str]) -> list[bytes | BadInputError]:
+    async def fetch_many(self, urls: Sequence[str]) -> list[bytes | FetchError | BadInputError]:
         """One entry per URL, in order: the bytes, or the error that stopped that one."""
 
-        async def one(url: str) -> bytes | BadInputError:
+        async def one(url: str) -> bytes | FetchError | BadInputError:
             try:
                 return await self.fetch(url)
-            except BadInputError as exc:
+            except (FetchError, BadInputError) as exc:
                 return exc
 
         return list(await asyncio.gather(*(one(u) for u in urls)))

@@ -16,15 +16,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from loop.errors import NoModelError
+from kernel.errors import NoModelError
 from pipelines.images import preprocess
 from pipelines.register import MODEL_FILENAME  # the file the register stage stores
 from pipelines.strategies import QueryStrategy
 from serving.promotion import PromotionRecord, read_promotion
 
-__all__ = ["LoadedModel", "ModelSlot", "Scored", "load_model"]
+__all__ = ["LoadedModel", "ModelSlot", "NO_MODEL", "Scored", "load_model"]
 
 log = logging.getLogger(__name__)
+
+NO_MODEL = "no model has been promoted yet: run `labelloop train` (or wait for the loop)"
 
 @dataclass(frozen=True)
 class Scored:
@@ -118,9 +120,7 @@ class ModelSlot:
     def require(self) -> LoadedModel:
         model = self._current
         if model is None:
-            raise NoModelError(
-                "no model has been promoted yet: run `labelloop train` (or wait for the loop)"
-            )
+            raise NoModelError(NO_MODEL)
         return model
 
     def refresh(self) -> bool:

@@ -12,7 +12,7 @@ import functools
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from loop.errors import BadInputError
+from serving.protocol import UnprocessableError
 
 __all__ = ["ChoiceTarget", "parse_label_config", "check_classes"]
 
@@ -27,25 +27,26 @@ class ChoiceTarget:
 
 @functools.lru_cache(maxsize=64)
 def parse_label_config(config: str) -> ChoiceTarget:
-    """The first `<Choices>` whose `toName` is an `<Image>`; `BadInputError` says what is missing."""
+    """The first `<Choices>` whose `toName` is an `<Image>`; `UnprocessableError` (a
+    `BadInputError`, 422 at the service's edge) says what is missing."""
     if not config.strip():
-        raise BadInputError("the labeling config is empty")
+        raise UnprocessableError("the labeling config is empty")
     try:
         root = ET.fromstring(config)
     except ET.ParseError as exc:
-        raise BadInputError(f"the labeling config is not valid XML: {exc}") from exc
+        raise UnprocessableError(f"the labeling config is not valid XML: {exc}") from exc
     images = {el.get("name"): el.get("value", "") for el in root.iter("Image") if el.get("name")}
     if not images:
-        raise BadInputError("the labeling config has no <Image> tag: this backend classifies images")
+        raise UnprocessableError("the labeling config has no <Image> tag: this backend classifies images")
     for el in root.iter("Choices"):
         to_name = el.get("toName", "")
         if to_name in images and el.get("name"):
             value = images[to_name]
             if not value.startswith("$") or len(value) < 2:
-                raise BadInputError(f'<Image name="{to_name}"> needs value="$<task data key>", got {value!r}')
+                raise UnprocessableError(f'<Image name="{to_name}"> needs value="$<task data key>", got {value!r}')
             choices = tuple(c.get("value", "") for c in el.iter("Choice"))
             return ChoiceTarget(el.get("name", ""), to_name, value[1:], choices)
-    raise BadInputError(
+    raise UnprocessableError(
         "the labeling config has no <Choices> with toName pointing at an <Image> "
         f"(images: {', '.join(sorted(images))})"
     )
@@ -61,6 +62,6 @@ def check_classes(target: ChoiceTarget, model_classes: list[str]) -> None:
         parts.append(f"the model predicts {missing} which the config lacks")
     if extra := sorted(config_set - model_set):
         parts.append(f"the config offers {extra} which the model never predicts")
-    raise BadInputError(
+    raise UnprocessableError(
         f'<Choices name="{target.from_name}"> does not match the model\'s classes: ' + "; ".join(parts)
     )

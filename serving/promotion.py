@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from pipelines.artifacts import read_text, write_text_atomic
+from kernel.storage import read_text, write_text_atomic
 
 __all__ = ["PromotionRecord", "read_promotion", "write_promotion"]
 

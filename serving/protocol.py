@@ -9,9 +9,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kernel.errors import BadInputError
+
+
+class UnprocessableError(BadInputError):
+    """A Label Studio request that parses but cannot be served (no tasks, a labeling config
+    the model does not fit, a webhook without an action): 422, as for a body of the wrong
+    shape."""
+
+    http_status = 422
+
 __all__ = [
     "SetupRequest", "SetupResponse", "LSTask", "PredictRequest", "ChoiceResult",
-    "TaskResult", "PredictResponse", "WebhookAccepted", "ImagePrediction",
+    "TaskResult", "PredictResponse", "WebhookAccepted", "ImagePrediction", "ModelInfo",
+    "UnprocessableError",
 ]
 
 
@@ -80,3 +91,11 @@ class ImagePrediction(BaseModel):
     embedding: list[float] | None = Field(
         default=None, description="Penultimate-layer activations (only when asked: with_embeddings)"
     )
+
+
+class ModelInfo(BaseModel):
+    """What the model worker says about the model it serves."""
+
+    version: str
+    classes: list[str]
+    metadata: dict

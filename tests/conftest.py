@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loop.core import Loop
-from loop.settings import Settings
+from kernel.settings import Settings
 from loop.stack import LabelStudioServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]

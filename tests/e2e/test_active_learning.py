@@ -5,12 +5,12 @@ strategy selects exactly the tasks the benchmark's in-process path selects."""
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
 from bench.active_learning import load_digits_split, select_rounds
-from loop.core import COLD_START_VERSION, REVIEW_SCORE, Loop
+from labeling import ReviewState, SimulatedAnnotator
+from loop.core import Loop
+from loop.queue import COLD_START_VERSION, REVIEW_SCORE
 from loop.stack import ServiceServer
 from loop.starter import digits_truth
 from pipelines.images import decode_image, preprocess
@@ -20,18 +20,18 @@ from pipelines.strategies import cold_start_order
 pytestmark = pytest.mark.e2e
 
 
-def _annotate_next(gateway, project, truth, n, scores=None):
+def _annotate_next(annotator, project, truth, n, scores=None):
     """Label `n` tasks in the order Label Studio's queue serves them. With `scores` (task
     id -> the queue version's score), check every task served is the most useful one left."""
     served = []
     for _ in range(n):
-        task = gateway.next_task(project)
+        task = annotator.next_task(project)
         assert task is not None and not task.annotations
         if scores is not None:
             assert scores[task.id] == pytest.approx(min(scores.values()), abs=1e-9), (
                 f"served task {task.id} (score {scores[task.id]}) while {min(scores.values())} was waiting")
             del scores[task.id]
-        gateway.annotate(task.id, truth[task.image_name])
+        annotator.annotate(task.id, truth[task.image_name])
         served.append(task.image_name)
     return served
 
@@ -41,7 +41,7 @@ def test_cold_start_queue_disagreements_come_back_for_review_skips_do_not(ls_set
     loop = Loop(settings)
     ws = loop.init(starter="digits")
     project = loop.connect()  # no model yet: the pool is queued in a diversity order
-    gateway, truth = loop.gateway, digits_truth()
+    annotator, truth = SimulatedAnnotator(loop.gateway), digits_truth()
     assert loop.status().queue_version == COLD_START_VERSION
 
     tasks = sorted(loop.state.tasks().items())
@@ -50,37 +50,33 @@ def test_cold_start_queue_disagreements_come_back_for_review_skips_do_not(ls_set
                                                       head=settings.cold_start_diverse)]
     assert expected[:5] != [name for _, name in tasks[:5]]  # not task-id order
     # Round after round, the queue serves the diversity order.
-    assert _annotate_next(gateway, project, truth, 3) == expected[:3]
-    assert _annotate_next(gateway, project, truth, 2) == expected[3:5]
+    assert _annotate_next(annotator, project, truth, 3) == expected[:3]
+    assert _annotate_next(annotator, project, truth, 2) == expected[3:5]
 
     # Two annotators disagree on a task further down the queue (1 vs 1, no majority).
     disputed = next(t for t, name in tasks if name == expected[20])
     right = truth[expected[20]]
     wrong = "1" if right != "1" else "2"
     for label in (right, wrong):
-        user = gateway._client.users.create(username=f"annotator-{secrets.token_hex(4)}",
-                                            email=f"{secrets.token_hex(4)}@example.com")
-        gateway._client.annotations.create(id=disputed, completed_by=user.id, lead_time=1.0, result=[{
-            "from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": [label]}}])
+        annotator.annotate(disputed, label, completed_by=annotator.add_user())
     loop.collect()
     status = loop.status()
     assert status.requeued_for_review == [disputed]
-    task = gateway._client.tasks.get(id=disputed)
-    assert task.overlap == 3 and task.is_labeled is False
-    assert gateway.prediction_scores(project, COLD_START_VERSION)[disputed] == REVIEW_SCORE
+    assert annotator.review_state(disputed) == ReviewState(overlap=3, is_labeled=False)
+    assert annotator.prediction_scores(project, COLD_START_VERSION)[disputed] == REVIEW_SCORE
     assert loop.requeue_disagreements() == []  # asked once, not again
 
     # The next annotator (who has not labeled it) gets the disputed task first and breaks the tie.
-    assert _annotate_next(gateway, project, truth, 1) == [expected[20]]
+    assert _annotate_next(annotator, project, truth, 1) == [expected[20]]
     loop.collect()
     assert loop.status().requeued_for_review == []
     assert labels_by_image(ws.events(), "majority")[expected[20]] == right
     # Then the queue goes on where it was. A task the annotator skips is not served to them
     # again (LABELLOOP_SKIP_QUEUE=REQUEUE_FOR_OTHERS) and gives no label.
-    skipped = gateway.next_task(project)
+    skipped = annotator.next_task(project)
     assert skipped.image_name == expected[5]
-    gateway._client.annotations.create(id=skipped.id, was_cancelled=True, result=[], lead_time=1.0)
-    assert gateway.next_task(project).image_name == expected[6]
+    annotator.skip(skipped.id)
+    assert annotator.next_task(project).image_name == expected[6]
     loop.collect()
     assert expected[5] not in labels_by_image(ws.events())
 
@@ -101,11 +97,11 @@ def test_default_strategy_selects_the_same_tasks_as_the_benchmark(ls_settings):
     with ServiceServer(settings).start(timeout_s=240):
         project = loop.connect()
         assert loop.rescore() == len(ws.pool_images())
-        gateway = loop.gateway
+        annotator = SimulatedAnnotator(loop.gateway)
         for _ in range(rounds):
             version = loop.status().queue_version
-            scores = gateway.prediction_scores(project, version)
-            served_rounds.append(_annotate_next(gateway, project, truth, settings.query_batch_size, scores))
+            scores = annotator.prediction_scores(project, version)
+            served_rounds.append(_annotate_next(annotator, project, truth, settings.query_batch_size, scores))
             assert loop.collect().upserts == settings.query_batch_size
             run = loop.train(trigger="test")
             assert run is not None and run.status in ("promoted", "rejected"), run

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from labeling import SimulatedAnnotator
 from loop.core import Loop
 from loop.faults import COLLECT_POINTS
 from loop.starter import digits_truth
@@ -50,7 +51,7 @@ def test_sigkill_at_every_collect_point_loses_and_duplicates_nothing(ls_settings
     loop = Loop(settings)
     loop.init(starter="digits")
     project = loop.connect()
-    gateway = loop.gateway
+    gateway, annotator = loop.gateway, SimulatedAnnotator(loop.gateway)
     truth = digits_truth()
     tasks = sorted(loop.state.tasks().items())  # (task id, image) of the pool
     annotations: list[int] = []
@@ -63,12 +64,12 @@ def test_sigkill_at_every_collect_point_loses_and_duplicates_nothing(ls_settings
         for _ in range(2):
             task_id, image = tasks[cursor]
             cursor += 1
-            annotations.append(gateway.annotate(task_id, truth[image]))
+            annotations.append(annotator.annotate(task_id, truth[image]))
         if step % 3 == 2:
-            gateway.update_annotation(annotations[step], "0" if truth[tasks[step][1]] != "0" else "1")
+            annotator.update_annotation(annotations[step], "0" if truth[tasks[step][1]] != "0" else "1")
         if step % 4 == 3:
             victim = annotations.pop(1)
-            gateway.delete_annotation(victim)
+            annotator.delete_annotation(victim)
             spool_event(settings.events_dir, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": victim}]})
         spool_event(settings.events_dir, {"action": "ANNOTATION_CREATED", "annotation": {"id": annotations[-1]}})
 
@@ -104,4 +105,4 @@ def test_sigkill_at_every_collect_point_loses_and_duplicates_nothing(ls_settings
         assert (annotation_id, updated_at) in pushed_versions
     # The workspace is clean and everything is pushed.
     assert loop.workspace.git("status", "--porcelain") == ""
-    assert loop.state.get("pushed_commit") == loop.workspace.head()
+    assert loop.state.marks().pushed_commit == loop.workspace.head()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from labeling import SimulatedAnnotator
 from loop.core import Loop
-from loop.demo import simulate_annotator
 from loop.stack import ServiceServer
 from loop.starter import digits_truth
 from pipelines.labels import current_annotations, labels_by_image
@@ -26,26 +26,25 @@ def test_one_full_loop_turn(ls_settings, tmp_path):
 
     with ServiceServer(settings).start(timeout_s=240) as service:
         project = loop.connect()
-        gateway = loop.gateway
+        gateway, annotator = loop.gateway, SimulatedAnnotator(loop.gateway)
         assert loop.rescore() == len(loop.workspace.pool_images())
 
         # Label Studio's queue serves the most informative task (lowest margin) first.
         pool = loop.workspace.pool_images()
         scores = {name: p.score for name, p in zip(pool, PredictionClient(service.url).classify_files(
             [loop.workspace.image_path(n) for n in pool]), strict=True)}
-        first_in_queue = gateway.next_task(project)
+        first_in_queue = annotator.next_task(project)
         assert scores[first_in_queue.image_name] == pytest.approx(min(scores.values()), abs=1e-6)
         # The Data Manager tab "labelloop queue" orders the same way ("Label Tasks As Displayed").
-        view = int(loop.state.get("queue_view"))
-        assert gateway.next_task(project, view=view).image_name == first_in_queue.image_name
+        view = loop.state.marks().queue_view
+        assert annotator.next_task(project, view=view).image_name == first_in_queue.image_name
         assert gateway.ensure_queue_view(project) == view  # idempotent
-        project_settings = gateway._client.projects.get(id=project)
-        assert project_settings.skip_queue == "REQUEUE_FOR_OTHERS"
-        assert project_settings.sampling == "Uncertainty sampling"
+        queue = annotator.queue_settings(project)
+        assert queue.skip_queue == "REQUEUE_FOR_OTHERS" and queue.sampling == "Uncertainty sampling"
 
         # The annotator works the queue Label Studio hands out, answering from ground truth.
         truth = digits_truth()
-        labeled = simulate_annotator(gateway, project, truth, 32)
+        labeled = annotator.label_next(project, truth, 32)
         assert len(labeled) == 32 and len(set(labeled)) == 32
         loop.collect()
 
@@ -53,8 +52,8 @@ def test_one_full_loop_turn(ls_settings, tmp_path):
         annotated = [t for t in gateway.tasks_updated_since(project, None) if t.annotations]
         relabeled, deleted = annotated[0], annotated[1]
         wrong = "1" if truth[relabeled.image_name] != "1" else "2"
-        gateway.update_annotation(relabeled.annotations[0].id, wrong)
-        gateway.delete_annotation(deleted.annotations[0].id)
+        annotator.update_annotation(relabeled.annotations[0].id, wrong)
+        annotator.delete_annotation(deleted.annotations[0].id)
         second = loop.collect()
         assert second.upserts == 1 and second.deletes == 1
         assert loop.collect().commit is None  # exactly once: nothing collected twice
@@ -88,12 +87,12 @@ def test_one_full_loop_turn(ls_settings, tmp_path):
         assert answer[0].model_version == run.model_tag
 
         # ...and Label Studio holds predictions of the new version; its queue follows them.
-        unlabeled = [t for t in gateway.all_tasks(project) if not t.annotations]
-        preds = gateway.task_predictions(unlabeled[0].id)
+        unlabeled = [t for t in annotator.all_tasks(project) if not t.annotations]
+        preds = annotator.task_predictions(unlabeled[0].id)
         assert run.model_tag in {p["model_version"] for p in preds}
-        nxt = gateway.next_task(project)
+        nxt = annotator.next_task(project)
         assert nxt is not None and not nxt.annotations
-        newest = {p["model_version"]: p["score"] for p in gateway.task_predictions(nxt.id)}
+        newest = {p["model_version"]: p["score"] for p in annotator.task_predictions(nxt.id)}
         assert run.model_tag in newest
 
     status = loop.status()

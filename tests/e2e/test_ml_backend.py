@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from labeling.gateway import LabelStudioGateway
+from labeling.simulated import SimulatedAnnotator
 from loop.stack import ServiceServer
 from serving import PromotionRecord, write_promotion
 
@@ -46,6 +47,7 @@ def backend_setup(trained, ls_settings, files_root, tmp_path):
 def test_label_studio_uses_the_service_as_its_ml_backend(backend_setup, files_root):
     settings, server, images, names, run = backend_setup
     gateway = LabelStudioGateway(settings.label_studio_url, settings.label_studio_token())
+    annotator = SimulatedAnnotator(gateway)
     project = gateway.ensure_project(settings.project_title, [str(d) for d in range(10)])
     gateway.ensure_local_storage(project, images)
     tasks = gateway.import_images(project, names, f"/data/local-files/?d={images.relative_to(files_root)}/")
@@ -56,9 +58,9 @@ def test_label_studio_uses_the_service_as_its_ml_backend(backend_setup, files_ro
     assert backend_id > 0  # Label Studio called /health and /setup with basic auth and accepted the answers
 
     started = time.perf_counter()
-    gateway.retrieve_predictions(project, list(tasks))
+    annotator.retrieve_predictions(project, list(tasks))
     elapsed = time.perf_counter() - started
-    predicted = {task_id: gateway.task_predictions(task_id) for task_id in tasks}
+    predicted = {task_id: annotator.task_predictions(task_id) for task_id in tasks}
     assert all(len(p) == 1 for p in predicted.values()), [t for t, p in predicted.items() if len(p) != 1][:5]
     for preds in predicted.values():
         (pred,) = preds
@@ -71,12 +73,12 @@ def test_label_studio_uses_the_service_as_its_ml_backend(backend_setup, files_ro
 
     # The annotator's queue: the task it opens carries the model's prediction.
     gateway.align_queue(project, run.model_tag)
-    task = gateway.next_task(project)
+    task = annotator.next_task(project)
     assert task is not None and task.id in tasks
-    assert [p["model_version"] for p in gateway.task_predictions(task.id)] == [run.model_tag]
+    assert [p["model_version"] for p in annotator.task_predictions(task.id)] == [run.model_tag]
 
     # Annotating it fires Label Studio's webhook at the service, through the shared secret.
-    gateway.annotate(task.id, "3")
+    annotator.annotate(task.id, "3")
     deadline = time.monotonic() + 30
     while not any(settings.events_dir.glob("*.json")):
         assert time.monotonic() < deadline, "the webhook never reached the service"

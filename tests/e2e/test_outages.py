@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from labeling.gateway import LabelStudioGateway
+from labeling import LabelStudioGateway, SimulatedAnnotator
 from loop.core import Loop
-from loop.errors import LabelStudioError, WorkspaceError
+from kernel.errors import LabelStudioError, WorkspaceError
 from loop.scheduler import build_scheduler
 from loop.stack import free_port
 from loop.starter import digits_truth
@@ -87,7 +87,7 @@ def setup(ls_settings, label_studio):
     loop = Loop(settings)
     loop.init(starter="digits")
     project = loop.connect()
-    yield loop, proxy, project, LabelStudioGateway(label_studio.url, settings.label_studio_token())
+    yield loop, proxy, project, SimulatedAnnotator(LabelStudioGateway(label_studio.url, settings.label_studio_token()))
     proxy.stop()
 
 
@@ -107,7 +107,7 @@ def test_outages_fail_cleanly_and_catch_up(setup, tmp_path):
     scheduler = build_scheduler(loop)
     scheduler.start()
     try:
-        wait_until(lambda: loop.state.get("last_collect"), what="a first collect")
+        wait_until(lambda: loop.state.marks().last_collect, what="a first collect")
         proxy.mode = "500"
         head = ws.head()
         wait_until(lambda: "collect" in loop.status().errors, what="the collect error in status")
@@ -166,7 +166,7 @@ def test_outages_fail_cleanly_and_catch_up(setup, tmp_path):
     assert ws.git("status", "--porcelain") == ""
 
     # Nothing lost, nothing twice: the pushed labels equal Label Studio's annotations.
-    in_label_studio = {a.id: (t.image_name, a.label) for t in annotators.tasks_updated_since(project, None)
+    in_label_studio = {a.id: (t.image_name, a.label) for t in annotators.all_tasks(project)
                        for a in t.annotations if not a.was_cancelled}
     assert len(in_label_studio) == 10
     events = labels_from_remote(ws.root, tmp_path)

@@ -15,11 +15,10 @@ import time
 
 import kmock as kmocklib
 import pytest
-import yaml
 from kubernetes import client as k8s
 
-from loop.kubernetes import CONTAINER, RUN_ID_LABEL, KubernetesLauncher, job_name
-from loop.launcher import TrainingRequest
+from loop.launchers import KubernetesLauncher, TrainingRequest
+from loop.launchers.kubernetes import CONTAINER, RUN_ID_LABEL, job_name
 from pipelines.artifacts import ArtifactStore
 from tests.conftest import make_settings
 
@@ -60,7 +59,8 @@ def launcher_for(kmock, tmp_path):
                       k8s_api_url=str(kmock.url).rstrip("/"), k8s_namespace=NS,
                       k8s_training_image="registry.example/labelloop-training:test", training_timeout_s=600.0)
         values.update(overrides)
-        launcher = KubernetesLauncher(make_settings(tmp_path / "home", tmp_path / "ws", **values))
+        settings = make_settings(tmp_path / "home", tmp_path / "ws", **values)
+        launcher = KubernetesLauncher(settings.kubernetes, runs_dir=settings.runs_dir)
         launcher.api_retry_s = 10.0
         launcher.watch_window_s = 1
         return launcher
@@ -91,7 +91,7 @@ def add_pod(kmock, run_id: str, log_text: str) -> None:
 
 
 def fake_result(launcher: KubernetesLauncher, run_id: str, tag: str = "labelloop-classifier:fake") -> None:
-    ArtifactStore(launcher.settings.artifacts_url).write_json(ArtifactStore.result_path(run_id), {
+    ArtifactStore(launcher.config.artifacts_url).write_json(ArtifactStore.result_path(run_id), {
         "run_id": run_id, "data_commit": "c0ffee", "model_tag": tag, "accuracy": 0.93,
         "n_labels": 50, "metrics": {"accuracy": 0.93}, "seconds": 1.0})
 
@@ -115,7 +115,7 @@ async def test_the_job_from_the_template_is_what_a_gpu_cluster_needs(kmock, laun
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["tolerations"] and pod["nodeSelector"]
     assert container["args"][container["args"].index("--commit") + 1] == "abc123"
-    assert container["args"][container["args"].index("--publish") + 1] == launcher.settings.artifacts_url
+    assert container["args"][container["args"].index("--publish") + 1] == launcher.config.artifacts_url
     assert container["envFrom"] == [{"secretRef": {"name": "labelloop-storage"}}]  # credentials by reference
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(body)
     assert job is not None
@@ -149,7 +149,7 @@ async def test_success_runs_the_pods_command_and_hands_the_model_over(kmock, lau
     # A serving replica elsewhere: empty model store, only the artifacts URL.
     replica = {**loop.settings.child_env(), "BENTOML_HOME": str(tmp_path / "replica-bentoml")}
     code = ("from pipelines.artifacts import ArtifactStore; from serving.inference import load_model;"
-            f"s = ArtifactStore({launcher.settings.artifacts_url!r}); s.ensure_local_model({result.model_tag!r});"
+            f"s = ArtifactStore({launcher.config.artifacts_url!r}); s.ensure_local_model({result.model_tag!r});"
             f"m = load_model({result.model_tag!r}); print(m.tag, len(m.classes))")
     loaded = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code], env=replica,
                                      capture_output=True, text=True, timeout=300)

@@ -3,13 +3,13 @@ seam (the real LocalLauncher runs in the pipeline and end-to-end tests)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from kernel.errors import TrainingBusyError
 from loop.core import Loop
-from loop.launcher import TrainingRequest, TrainingResult
+from loop.launchers import TrainingRequest, TrainingResult
 from loop.workspace import Cursor
 from pipelines.labels import LabelEvent
 from serving import read_promotion
@@ -75,7 +75,7 @@ def test_retrain_policy_counts_labels_since_the_last_run(loop_with):
         [LabelEvent(image=pool[0], label="a", task_id=1, annotation_id=1, annotation_updated_at="t")],
         Cursor(batch=1, updated_at="2026-01-01T00:00:00.000000Z"),
     )
-    assert loop.labels_pending_training() == 1
+    assert loop.training.labels_pending_training() == 1
     assert loop.retrain_if_due() is None  # 1 < 2
 
     loop.workspace.commit_labels(
@@ -84,7 +84,7 @@ def test_retrain_policy_counts_labels_since_the_last_run(loop_with):
     )
     run = loop.retrain_if_due()
     assert run is not None and run.trigger == "2 new labels" and run.label_batch == 2
-    assert loop.labels_pending_training() == 0
+    assert loop.training.labels_pending_training() == 0
 
 
 def test_start_training_event_from_label_studio_forces_a_run(loop_with):
@@ -128,9 +128,11 @@ def test_one_training_at_a_time_across_loop_instances(loop_with):
     worker = threading.Thread(target=lambda: result.append(first.train(trigger="a", rescore=False)))
     worker.start()
     assert blocking.started.wait(10)
-    assert second.train(trigger="b", rescore=False) is None  # the lease is taken
+    with pytest.raises(TrainingBusyError, match="lease held by"):  # the lease is taken
+        second.train(trigger="b", rescore=False)
+    assert second.retrain_if_due() is None  # the scheduler's job: busy is not a failure
     holder = second.state.lease_holder("training")
-    assert holder is not None and holder[0] == first._owner
+    assert holder is not None and holder[0] == first.training._owner
     blocking.release.set()
     worker.join(10)
     assert result[0].status == "promoted"
@@ -147,7 +149,8 @@ def test_a_crashed_holders_lease_runs_out_and_its_run_is_resumed(loop_with):
     resumable = BlockingLauncher([(True, 0.85)], resumable=True)
     resumable.release.set()
     restarted = Loop(loop.settings, launcher=resumable)
-    assert restarted.train(trigger="t", rescore=False) is None  # the dead holder's lease is still live
+    with pytest.raises(TrainingBusyError):  # the dead holder's lease is still live
+        restarted.train(trigger="t", rescore=False)
     import time
 
     time.sleep(1.1)
@@ -165,7 +168,7 @@ def test_a_crashed_holders_lease_runs_out_and_its_run_is_resumed(loop_with):
 
 def test_every_trigger_goes_through_the_one_retrain_queue(loop_with):
     """A cron schedule and START_TRAINING only mark a run as due; retrain_if_due starts it."""
-    from loop.errors import ConfigError
+    from kernel.errors import ConfigError
     from loop.scheduler import build_scheduler
 
     loop, launcher = loop_with([(True, 0.8), (True, 0.9)], retrain_cron="0 3 * * *")
@@ -173,9 +176,9 @@ def test_every_trigger_goes_through_the_one_retrain_queue(loop_with):
     cron = scheduler.get_job("cron")
     assert cron is not None and "hour='3'" in str(cron.trigger)
     cron.func()  # what the scheduler does at 03:00
-    assert loop.training_requested()
+    assert loop.state.marks().training_requested
     assert loop.retrain_if_due().trigger == "requested"
-    assert not loop.training_requested() and loop.retrain_if_due() is None
+    assert not loop.state.marks().training_requested and loop.retrain_if_due() is None
     with pytest.raises(ConfigError, match="crontab"):
         build_scheduler(Loop(loop.settings.model_copy(update={"retrain_cron": "every night"}), launcher=launcher))
 
@@ -206,13 +209,12 @@ def _votes(loop, batch, votes):
 def test_ties_are_requeued_once_for_one_more_annotator_up_to_the_limit(loop_with):
     loop, _ = loop_with([])
     gateway = RecordingGateway()
-    loop._gateway = gateway
-    loop.state.put("project_id", "1")
-    loop.state.put("queue_version", "m:1")
+    loop.context.gateway = gateway
+    loop.state.set_marks(project_id=1, queue_version="m:1")
     first, second = loop.workspace.pool_images()[:2]
 
     _votes(loop, 1, [(7, first, "ann", "a"), (7, first, "bob", "b")])  # 1 vs 1
-    assert loop.requeue_disagreements() == [7]
+    assert loop.queue.requeue_disagreements() == [7]
     assert gateway.requeued == [(7, 3)]
     assert [(p.task_id, p.score, p.model_version, p.label) for p in gateway.predictions] == [(7, 0.0, "m:1", None)]
     assert loop.status().requeued_for_review == [7]
@@ -230,7 +232,7 @@ def test_ties_are_requeued_once_for_one_more_annotator_up_to_the_limit(loop_with
 
 def test_review_requeueing_can_be_switched_off(loop_with):
     loop, _ = loop_with([], review_disagreements=False)
-    loop._gateway = RecordingGateway()
+    loop.context.gateway = gateway = RecordingGateway()
     first = loop.workspace.pool_images()[0]
     _votes(loop, 1, [(7, first, "ann", "a"), (7, first, "bob", "b")])
-    assert loop.requeue_disagreements() == [] and loop._gateway.requeued == []
+    assert loop.queue.requeue_disagreements() == [] and gateway.requeued == []

@@ -4,6 +4,7 @@ Label Studio protocol, metrics and the prediction log, and a hot swap under load
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -16,13 +17,17 @@ import pytest
 from PIL import Image
 
 from loop.stack import ServiceServer
-from pipelines.layout import METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
+from kernel.layout import METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
 from serving import PromotionRecord, write_promotion
 from tests.conftest import make_settings
 from tests.helpers.images import png_bytes, png_with_header
 
 CLASSES = [str(d) for d in range(10)]
 MAX_BODY_MB = 2.0
+#: The worst case for the hop to the model worker: BentoML's default, a new client session
+#: every 100 calls while others are in flight (the service itself turns recycling off).
+RECYCLE_EVERY_100_CALLS = 'services."labelloop-classifier".runner_connection.max_requests=100'
+RETRIED = "model worker call failed in transport"
 
 
 def label_config(choices=CLASSES, image="image", data_key="image", control="choice") -> str:
@@ -40,7 +45,9 @@ def service(trained, tmp_path_factory):
     # margin pinned: the answers below are checked against it, whatever the default strategy is.
     settings = make_settings(home, loop.settings.workspace, serving_workers=2, serving_max_body_mb=MAX_BODY_MB,
                              query_strategy="margin")
-    server = ServiceServer(settings).start(timeout_s=240)
+    with pytest.MonkeyPatch.context() as env:  # read by the service processes when they start
+        env.setenv("BENTOML_CONFIG_OPTIONS", RECYCLE_EVERY_100_CALLS)
+        server = ServiceServer(settings).start(timeout_s=240)
     yield settings, server
     server.stop()
 
@@ -116,7 +123,8 @@ def test_embeddings_feed_the_batch_mode_strategy(promoted, trained):
     """With embeddings from the service, the next batch is uncertain AND spread out."""
     import numpy as np
 
-    from pipelines.strategies import margin_scores
+    from loop.queue import QueueKeeper
+    from pipelines.strategies import get_strategy, margin_scores
     from serving import PredictionClient
 
     _, server, run = promoted
@@ -125,7 +133,8 @@ def test_embeddings_feed_the_batch_mode_strategy(promoted, trained):
     paths = [loop.workspace.image_path(n) for n in loop.workspace.pool_images()[:200]]
     preds = client.classify_files(paths, with_embeddings=True)
     assert len(preds[0].embedding) == 128 and client.classify_files(paths[:1])[0].embedding is None
-    scores = np.array(loop.batch_mode_scores(client, preds))
+    keeper = QueueKeeper(loop.context, get_strategy("diverse_margin"))
+    scores = np.array(keeper.batch_mode_scores(client, preds))
     assert sorted(np.round(scores * 201).astype(int).tolist()) == list(range(1, 201))  # a full ordering, in (0, 1)
     batch = np.argsort(scores)[: loop.settings.query_batch_size]
     margins = margin_scores(np.array([list(p.probabilities.values()) for p in preds]))
@@ -248,6 +257,85 @@ def test_label_studio_predict_one_result_per_task_in_order(promoted, trained):
     assert results[0]["result"][0]["from_name"] == "choice" and results[0]["result"][0]["to_name"] == "image"
     assert [res["result"] for res in results[3:]] == [[], []] and results[1]["result"] == []
     assert {res["model_version"] for res in results} == {run.model_tag}
+
+
+CONCURRENCY, ROUNDS = 64, 5  # 320 calls to the model worker: past its client's 100-call session recycle
+
+
+def _concurrently(calls) -> list:
+    """Run the coroutine factories CONCURRENCY at a time, each client ROUNDS times in a row."""
+
+    async def client(index: int, http: httpx.AsyncClient) -> list:
+        out = []
+        for round_ in range(ROUNDS):
+            try:
+                out.append(await calls(http, index, round_))
+            except httpx.HTTPError as exc:  # a dropped connection is an error too
+                out.append(exc)
+        return out
+
+    async def main() -> list:
+        # Idle connections are dropped before the server's 5 s keep-alive timeout: reusing one
+        # the server is closing at that moment is a client's race, not the service's error.
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY,
+                              keepalive_expiry=4.0)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+            per_client = await asyncio.gather(*(client(i, http) for i in range(CONCURRENCY)))
+        return [answer for answers in per_client for answer in answers]
+
+    return asyncio.run(main())
+
+
+def _failures(answers: list) -> list:
+    return [a if isinstance(a, Exception) else (a.status_code, a.text[:200]) for a in answers
+            if isinstance(a, Exception) or a.status_code != 200]
+
+
+def test_concurrent_single_task_predicts_all_succeed(promoted, trained):
+    """64 Label Studio clients at once, one task per /predict, 320 requests: the hop to the
+    model worker (whose BentoML client recycles its session under load) fails none of them."""
+    _, server, run = promoted
+    loop, _ = trained
+    uris = ["data:image/png;base64," + base64.b64encode(_png(loop, i)).decode() for i in range(CONCURRENCY)]
+    config = label_config()
+
+    async def predict(http: httpx.AsyncClient, index: int, round_: int) -> httpx.Response:
+        task = {"id": 1000 * round_ + index, "data": {"image": uris[index]}}
+        return await http.post(f"{server.url}/predict", json={"tasks": [task], "label_config": config})
+
+    retried_before = server.log_path.read_text(errors="replace").count(RETRIED)
+    started = time.perf_counter()
+    answers = _concurrently(predict)
+    elapsed = time.perf_counter() - started
+    retried = server.log_path.read_text(errors="replace").count(RETRIED) - retried_before
+    errors = _failures(answers)
+    assert not errors, (len(errors), errors[:5])
+    assert len(answers) == CONCURRENCY * ROUNDS
+    for answer in answers:
+        results = answer.json()["results"]
+        assert len(results) == 1 and results[0]["model_version"] == run.model_tag
+        assert results[0]["result"][0]["value"]["choices"][0] in CLASSES
+    assert retried > 0, "the model worker's client session was never recycled mid-flight"
+    print(f"{len(answers)} single-task /predict at {CONCURRENCY} clients: 0 errors, "
+          f"{len(answers) / elapsed:.0f} requests/s, {retried} model-worker calls retried")
+
+
+def test_concurrent_single_image_classify_all_succeed(promoted, trained):
+    _, server, run = promoted
+    loop, _ = trained
+    images = [_png(loop, i) for i in range(CONCURRENCY)]
+
+    async def classify(http: httpx.AsyncClient, index: int, round_: int) -> httpx.Response:
+        return await http.post(f"{server.url}/classify", files=[("images", ("a.png", images[index], "image/png"))])
+
+    started = time.perf_counter()
+    answers = _concurrently(classify)
+    elapsed = time.perf_counter() - started
+    errors = _failures(answers)
+    assert not errors, (len(errors), errors[:5])
+    assert all(len(a.json()) == 1 and a.json()[0]["model_version"] == run.model_tag for a in answers)
+    print(f"{len(answers)} single-image /classify at {CONCURRENCY} clients: 0 errors, "
+          f"{len(answers) / elapsed:.0f} requests/s")
 
 
 def test_predict_follows_the_projects_own_names(promoted, trained):

@@ -52,7 +52,7 @@ def test_client_api_needs_the_api_key(guarded):
     right = httpx.post(f"{server.url}/classify", files=_files(loop), headers={"Authorization": f"Bearer {API_KEY}"})
     assert right.status_code == 200 and right.json()[0]["model_version"] == run.model_tag
     # The loop's own client takes the key from settings.
-    client = PredictionClient.for_settings(settings)
+    client = PredictionClient.for_settings(settings.serving)
     path = loop.workspace.image_path(loop.workspace.pool_images()[0])
     assert client.classify_files([path])[0].model_version == run.model_tag
     assert client.serving_version() == run.model_tag  # /health with basic auth

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from loop.errors import WorkspaceError
+from kernel.errors import WorkspaceError
 from loop.starter import folder_images
 from loop.workspace import Cursor, Workspace
 from pipelines.labels import LabelEvent, labels_by_image, read_events

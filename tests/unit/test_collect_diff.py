@@ -1,5 +1,5 @@
 from labeling import Annotation, Task
-from loop.core import annotation_events
+from loop.collection import annotation_events
 from pipelines.labels import LabelEvent
 
 CLASSES = {"0", "1", "2"}
@@ -62,7 +62,7 @@ def test_timestamps_without_a_fraction_are_normalised_and_accepted_as_cursors():
     from datetime import datetime, timezone
 
     from labeling.gateway import _iso
-    from loop.core import _earlier
+    from loop.collection import _earlier
 
     assert _iso("2026-11-28T00:50:09Z") == "2026-11-28T00:50:09.000000Z"
     assert _iso("2026-11-28T00:50:09.123400Z") == "2026-11-28T00:50:09.123400Z"

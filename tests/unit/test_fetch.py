@@ -10,6 +10,7 @@ import json
 import httpx
 import pytest
 
+from kernel.errors import BadInputError, FetchError
 from serving.fetch import ImageFetcher
 
 LS = "http://ls.test"
@@ -72,12 +73,30 @@ def test_cache_failures_and_data_uris():
     assert out[0] == b"x" * 100
     assert "HTTP 404" in str(out[1]) and "no image URL" in str(out[2])
     assert out[3] == b"inline" and "malformed data URI" in str(out[4])
+    # Told apart by type: no image to be had (a reachability or data problem) vs unusable input.
+    assert [type(o) for o in (out[1], out[2], out[4])] == [FetchError, FetchError, BadInputError]
     assert run(fetcher.fetch("/a.png")) == b"x" * 100
     assert calls.count("/a.png") == 1  # the second one came from the cache
 
 
+def test_unreachable_hosts_and_refused_tokens_are_fetch_errors():
+    def unreachable(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    fetcher, _ = fetcher_with(unreachable, None)
+    with pytest.raises(FetchError, match="ConnectError"):
+        run(fetcher.fetch("https://cdn.example.com/a.png"))
+    refused, _ = fetcher_with(lambda r: httpx.Response(401), PAT)
+    with pytest.raises(FetchError, match="refused the personal access token"):
+        run(refused.fetch("/data/upload/1/a.png"))
+    relative, _ = fetcher_with(lambda r: httpx.Response(200), None)
+    relative.label_studio_url = ""
+    with pytest.raises(FetchError, match="no Label Studio URL"):
+        run(relative.fetch("/data/upload/1/a.png"))
+
+
 def test_signed_url_queries_are_not_echoed_in_errors():
     fetcher, _ = fetcher_with(lambda r: httpx.Response(403), None)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(FetchError) as info:
         run(fetcher.fetch("https://bucket.s3.example.com/a.png?X-Amz-Signature=secret"))
     assert "secret" not in str(info.value) and "a.png" in str(info.value)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loop.errors import BadInputError
+from kernel.errors import BadInputError
 from loop.starter import DIGITS_SCALE, digits_images
 from pipelines.images import decode_image, preprocess
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loop.errors import BadInputError
+from kernel.errors import BadInputError
 from serving.labeling_config import check_classes, parse_label_config
 
 DIGITS = [str(d) for d in range(10)]
@@ -33,6 +33,7 @@ def test_configs_the_backend_cannot_serve_say_why(text, reason):
     with pytest.raises(BadInputError, match=None) as info:
         parse_label_config(text)
     assert reason in str(info.value)
+    assert info.value.http_status == 422  # a Label Studio request that parses but cannot be served
 
 
 def test_class_mismatch_names_both_sides():

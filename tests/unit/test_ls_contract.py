@@ -44,9 +44,9 @@ def test_annotations_deleted_webhook_marks_those_ids_for_the_next_collect(tmp_pa
     loop = Loop(make_settings(tmp_path / "home", tmp_path / "ws"))
     spool_event(loop.settings.events_dir, load("webhook_annotations_deleted.json"))
     assert loop.process_events() is True
-    assert loop._deleted_annotation_ids() == {17, 18}
-    loop._forget_deletions({17})
-    assert loop._deleted_annotation_ids() == {18}
+    assert loop.state.pending_deletions() == {17, 18}
+    loop.state.forget_deletions({17})
+    assert loop.state.pending_deletions() == {18}
 
 
 def test_queue_scores_outside_label_studios_range_never_reach_it():
@@ -54,7 +54,7 @@ def test_queue_scores_outside_label_studios_range_never_reach_it():
     import pytest
 
     from labeling.gateway import _queue_score
-    from loop.errors import BadInputError
+    from kernel.errors import BadInputError
 
     assert _queue_score(-1e-16) == 0.0 and _queue_score(1 + 1e-12) == 1.0 and _queue_score(0.25) == 0.25
     for bad in (-0.5, 1.5, float("nan")):

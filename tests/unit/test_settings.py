@@ -1,6 +1,6 @@
 from pydantic import SecretStr
 
-from loop.settings import Settings
+from kernel.settings import Settings
 
 
 def test_env_prefix_and_yaml_file(tmp_path, monkeypatch):

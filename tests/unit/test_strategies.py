@@ -1,9 +1,12 @@
 import numpy as np
 import pytest
 
-from loop.errors import BadInputError
+from kernel.errors import BadInputError, ConfigError
 from pipelines.strategies import (
     STRATEGIES,
+    STRATEGY_NAMES,
+    BatchQueryStrategy,
+    DiverseMargin,
     Entropy,
     LeastConfidence,
     Margin,
@@ -87,18 +90,52 @@ class TestRandomSampling(StrategyContract):
         assert 0 <= a.min() and a.max() < 1 and len(set(a)) == 50
 
 
-def test_every_setting_value_names_a_strategy():
-    from typing import get_args
+class BatchStrategyContract(UncertaintyContract):
+    """Every batch-mode strategy: a pointwise score for one item, and an ordering of the whole
+    pool that is a permutation, deterministic, and never picks two exact duplicates into one
+    batch while other items remain."""
 
-    from loop.settings import Settings
+    def _pool(self):
+        rng = np.random.default_rng(0)
+        probs = rng.dirichlet(np.ones(3), 40)
+        embeddings = rng.normal(size=(40, 4))
+        embeddings[1] = embeddings[0]  # an exact duplicate
+        probs[1] = probs[0] = [0.34, 0.33, 0.33]  # ...that is also the most uncertain
+        return probs, embeddings
 
-    names = set(get_args(Settings.model_fields["query_strategy"].annotation))
-    assert names == set(STRATEGIES)
-    assert all(get_strategy(n).name == n for n in names)
+    def test_is_a_batch_strategy(self):
+        assert isinstance(self.strategy, BatchQueryStrategy)
+
+    def test_order_is_a_deterministic_permutation(self):
+        probs, embeddings = self._pool()
+        first = self.strategy.order(probs, embeddings, labeled_embeddings=None, batch_size=5)
+        again = self.strategy.order(probs, embeddings, labeled_embeddings=None, batch_size=5)
+        assert sorted(first.tolist()) == list(range(40)) and first.tolist() == again.tolist()
+
+    def test_a_batch_holds_no_duplicates(self):
+        probs, embeddings = self._pool()
+        batch = self.strategy.order(probs, embeddings, labeled_embeddings=None, batch_size=5)[:5].tolist()
+        assert not {0, 1} <= set(batch)
+
+    def test_rejects_mismatched_embeddings(self):
+        probs, embeddings = self._pool()
+        with pytest.raises(BadInputError):
+            self.strategy.order(probs, embeddings[:10], labeled_embeddings=None, batch_size=5)
 
 
-def test_unknown_strategy_is_a_named_error():
-    with pytest.raises(BadInputError, match="unknown query strategy 'nope'"):
+class TestDiverseMargin(BatchStrategyContract):
+    strategy = DiverseMargin()
+
+
+def test_every_registered_strategy_has_a_contract_test():
+    tested = {cls.strategy.name for cls in (TestMargin, TestLeastConfidence, TestEntropy,
+                                            TestRandomSampling, TestDiverseMargin)}
+    assert tested == set(STRATEGY_NAMES) == set(STRATEGIES)
+    assert all(get_strategy(n).name == n for n in STRATEGY_NAMES)
+
+
+def test_unknown_strategy_is_a_config_error_that_lists_the_choices():
+    with pytest.raises(ConfigError, match="unknown query strategy 'nope'.*margin"):
         get_strategy("nope")
 
 
@@ -197,7 +234,7 @@ def test_pool_order_diverse_margin_needs_embeddings_and_matches_the_batch_mode_o
     np.testing.assert_array_equal(
         pool_order("diverse_margin", probs, embeddings=points, batch_size=3),
         diverse_margin_order(probs, points, batch_size=3))
-    with pytest.raises(BadInputError, match="unknown query strategy"):
+    with pytest.raises(ConfigError, match="unknown query strategy"):
         pool_order("nope", probs)
 
 

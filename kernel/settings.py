@@ -3,7 +3,8 @@
 Every ``LABELLOOP_*`` environment variable is declared here and nowhere else.
 Values come from (highest first): keyword arguments, environment, ``labelloop.yaml``
 in the current directory (or the file named by ``LABELLOOP_CONFIG``), defaults.
-Build it once (`Settings.load()`) and pass it down.
+Build it once (`Settings.load()`) and pass it down; a package below the loop gets only
+its typed section (`settings.serving`, `settings.label_studio`, `settings.kubernetes`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,10 +21,76 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "CONFIG_FILE_ENV"]
+__all__ = [
+    "CONFIG_FILE_ENV",
+    "KubernetesSettings",
+    "LabelStudioSettings",
+    "ServingSettings",
+    "Settings",
+]
 
 #: Names the YAML config file; read only inside `Settings.load`.
 CONFIG_FILE_ENV = "LABELLOOP_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class LabelStudioSettings(_Section):
+    """How to reach Label Studio (the gateway, the service's image fetcher)."""
+
+    url: str
+    token: SecretStr | None = None
+    files_root: Path
+    project_title: str = "labelloop"
+
+    def token_value(self) -> str | None:
+        return self.token.get_secret_value() if self.token is not None else None
+
+
+class ServingSettings(_Section):
+    """Everything the service (and a client of it) needs; nothing of the loop."""
+
+    url: str
+    workers: int = 1
+    batching: bool = True
+    max_batch_size: int = 64
+    max_latency_ms: int = 10_000
+    max_body_mb: float = 32.0
+    api_key: SecretStr | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    fetch_concurrency: int = 16
+    fetch_cache_mb: float = 64.0
+    prediction_log: Path
+    prediction_log_max_mb: float = 50.0
+    promotion_file: Path | str
+    events_dir: Path | str
+    artifacts_url: str = ""
+    model_poll_interval_s: float = 1.0
+    query_strategy: str = "margin"
+    label_studio: LabelStudioSettings
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        if self.basic_auth_user and self.basic_auth_password is not None:
+            return self.basic_auth_user, self.basic_auth_password.get_secret_value()
+        return None
+
+
+class KubernetesSettings(_Section):
+    """The Kubernetes launcher's part."""
+
+    namespace: str
+    api_url: str
+    job_template: Path | None
+    training_image: str
+    git_source: str
+    gpus: int
+    artifacts_url: str
+    training_timeout_s: float
 
 
 class Settings(BaseSettings):
@@ -121,7 +188,9 @@ class Settings(BaseSettings):
         default=600.0, gt=0, description="A failing scheduler job retries with backoff up to this."
     )
     #: The default is the active-learning benchmark's winner (fewest labels to 95%, README).
-    query_strategy: Literal["margin", "diverse_margin", "least_confidence", "entropy", "random"] = "margin"
+    #: One of `pipelines.strategies.STRATEGIES` (checked where a strategy is built: the
+    #: kernel does not know the strategies).
+    query_strategy: str = "margin"
     skip_queue: Literal["REQUEUE_FOR_OTHERS", "REQUEUE_FOR_ME", "IGNORE_SKIPPED"] = Field(
         default="REQUEUE_FOR_OTHERS",
         description="Skipped tasks: back in the queue for other annotators (not the one who skipped), "
@@ -254,6 +323,38 @@ class Settings(BaseSettings):
     @property
     def resolved_service_url(self) -> str:
         return self.service_url or f"http://{self.service_host}:{self.service_port}"
+
+    # --- typed sections: what each package below the loop receives --------------------
+    @property
+    def label_studio(self) -> LabelStudioSettings:
+        token = self.label_studio_token()
+        return LabelStudioSettings(
+            url=self.label_studio_url, token=SecretStr(token) if token else None,
+            files_root=self.files_root, project_title=self.project_title,
+        )
+
+    @property
+    def serving(self) -> ServingSettings:
+        return ServingSettings(
+            url=self.resolved_service_url, workers=self.serving_workers, batching=self.serving_batching,
+            max_batch_size=self.serving_max_batch_size, max_latency_ms=self.serving_max_latency_ms,
+            max_body_mb=self.serving_max_body_mb, api_key=self.serving_api_key,
+            basic_auth_user=self.serving_basic_auth_user, basic_auth_password=self.serving_basic_auth_password,
+            webhook_secret=self.webhook_secret, fetch_concurrency=self.fetch_concurrency,
+            fetch_cache_mb=self.fetch_cache_mb, prediction_log=self.prediction_log,
+            prediction_log_max_mb=self.prediction_log_max_mb, promotion_file=self.promotion_file,
+            events_dir=self.events_dir, artifacts_url=self.artifacts_url,
+            model_poll_interval_s=self.model_poll_interval_s, query_strategy=self.query_strategy,
+            label_studio=self.label_studio,
+        )
+
+    @property
+    def kubernetes(self) -> KubernetesSettings:
+        return KubernetesSettings(
+            namespace=self.k8s_namespace, api_url=self.k8s_api_url, job_template=self.k8s_job_template,
+            training_image=self.k8s_training_image, git_source=self.k8s_git_source, gpus=self.k8s_gpus,
+            artifacts_url=self.artifacts_url, training_timeout_s=self.training_timeout_s,
+        )
 
     def child_env(self) -> dict[str, str]:
         """Environment for processes labelloop spawns (pipeline, service): the same

@@ -1,8 +1,5 @@
-"""Training launchers: where a training run executes. Same interface, chosen by settings.
-
-`LocalLauncher` (embedded default) runs the training job (`python -m pipelines.job`)
-as a local process. A Kubernetes launcher runs the same job in a GPU pod.
-"""
+"""`LocalLauncher` (the embedded default): the training job (`python -m pipelines.job`)
+as a local process, sharing the workspace's DVC cache."""
 
 from __future__ import annotations
 
@@ -11,45 +8,21 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from loop.errors import ConfigError
-from loop.settings import Settings
+from kernel.settings import Settings
+from loop.launchers.base import TrainingRequest, TrainingResult, result_from_record
 
-__all__ = ["TrainingRequest", "TrainingResult", "Launcher", "LocalLauncher", "make_launcher"]
+__all__ = ["LocalLauncher"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainingRequest:
-    run_id: str
-    source: str  # git URL or path of the workspace
-    data_commit: str
-
-
-@dataclass(frozen=True)
-class TrainingResult:
-    run_id: str
-    succeeded: bool
-    model_tag: str | None = None
-    accuracy: float | None = None
-    n_labels: int | None = None
-    metrics: dict | None = None
-    error: str | None = None
-    log_path: Path | None = None
-
-
-class Launcher(Protocol):
-    def run(self, request: TrainingRequest) -> TrainingResult:
-        """Run one training to completion (or failure); never raises for a failed run."""
-        ...
-
-
 class LocalLauncher:
     """Runs the training job as a subprocess, sharing the workspace's DVC cache."""
+
+    #: A run interrupted with its scheduler died with it: it is marked failed, not resumed.
+    resumable = False
 
     def __init__(self, settings: Settings):
         self._settings = settings
@@ -90,23 +63,4 @@ class LocalLauncher:
                 request.run_id, False,
                 error=f"training job exited {proc.returncode}: {' | '.join(tail)}", log_path=log_path,
             )
-        data = json.loads(result_file.read_text())
-        return TrainingResult(
-            run_id=request.run_id,
-            succeeded=True,
-            model_tag=data["model_tag"],
-            accuracy=float(data["accuracy"]),
-            n_labels=int(data["n_labels"]),
-            metrics=data["metrics"],
-            log_path=log_path,
-        )
-
-
-def make_launcher(settings: Settings) -> Launcher:
-    if settings.launcher == "local":
-        return LocalLauncher(settings)
-    if settings.launcher == "kubernetes":
-        from loop.kubernetes import KubernetesLauncher  # the kubernetes client loads only here
-
-        return KubernetesLauncher(settings)
-    raise ConfigError(f"unknown launcher {settings.launcher!r}")
+        return result_from_record(request.run_id, json.loads(result_file.read_text()), log_path)

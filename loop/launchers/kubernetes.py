@@ -4,7 +4,10 @@ Same interface as `LocalLauncher` (`run(request) -> TrainingResult`, never raise
 failed run). The Job comes from the template `k8s/base/training-job.yaml` (GPU limits,
 nodeSelector, tolerations, backoffLimit, ttlSecondsAfterFinished, credentials from Secrets
 by reference); the launcher fills in what belongs to the run: name and labels from the run
-id, the image, the data commit to train on, `activeDeadlineSeconds`.
+id, the image, the data commit to train on, `activeDeadlineSeconds`. Pods clone the
+workspace from `LABELLOOP_K8S_GIT_SOURCE` (in the manifests: the `labelloop-config`
+ConfigMap's ``git://labelloop-scheduler:9418/workspace``, served by the scheduler's
+`git daemon` sidecar) and push their run's branch back to it.
 
 - Idempotent: the Job name derives from the run id; a 409 on create means the Job already
   exists (a restarted scheduler) and is watched, never created twice.
@@ -31,16 +34,16 @@ from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from loop.errors import ConfigError
-from loop.launcher import TrainingRequest, TrainingResult
-from loop.settings import Settings
+from kernel.errors import ConfigError
+from kernel.settings import KubernetesSettings
+from loop.launchers.base import TrainingRequest, TrainingResult, result_from_record
 from pipelines.artifacts import ArtifactStore
 
 __all__ = ["KubernetesLauncher", "job_name", "DEFAULT_TEMPLATE", "RUN_ID_LABEL"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "k8s" / "base" / "training-job.yaml"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "k8s" / "base" / "training-job.yaml"
 RUN_ID_LABEL = "labelloop.dev/run-id"
 CONTAINER = "train"
 
@@ -61,28 +64,31 @@ class KubernetesLauncher:
     #: A restarted scheduler re-attaches to the Job of an interrupted run (same run id).
     resumable = True
 
-    def __init__(self, settings: Settings, api_client: k8s.ApiClient | None = None):
-        if not settings.artifacts_url:
+    def __init__(self, config: KubernetesSettings, runs_dir: Path, api_client: k8s.ApiClient | None = None):
+        """`config` is `settings.kubernetes`; `runs_dir` is where each run's record (the
+        pod logs) is kept."""
+        if not config.artifacts_url:
             raise ConfigError(
                 "the kubernetes launcher needs shared storage for the trained model: "
                 "set LABELLOOP_ARTIFACTS_URL (s3://bucket/labelloop or a shared volume)"
             )
-        if not settings.k8s_git_source:
+        if not config.git_source:
             raise ConfigError(
                 "the kubernetes launcher needs the git URL training pods clone the workspace "
                 "from: set LABELLOOP_K8S_GIT_SOURCE"
             )
-        self.settings = settings
-        self.namespace = settings.k8s_namespace
-        self._api_client = api_client or self._connect(settings)
+        self.config = config
+        self.runs_dir = runs_dir
+        self.namespace = config.namespace
+        self._api_client = api_client or self._connect(config.api_url)
         self.batch = k8s.BatchV1Api(self._api_client)
         self.core = k8s.CoreV1Api(self._api_client)
-        template_path = settings.k8s_job_template or DEFAULT_TEMPLATE
+        template_path = config.job_template or DEFAULT_TEMPLATE
         try:
             self.template = yaml.safe_load(Path(template_path).read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read the training Job template {template_path}: {exc}") from exc
-        self.store = ArtifactStore(settings.artifacts_url)
+        self.store = ArtifactStore(config.artifacts_url)
         #: Retry budget for API calls that fail transiently (5xx, resets).
         self.api_retry_s = 60.0
         #: Longest single watch request; the watch is re-opened (and the Job re-read) after
@@ -92,10 +98,10 @@ class KubernetesLauncher:
         self.grace_s = 120.0
 
     @staticmethod
-    def _connect(settings: Settings) -> k8s.ApiClient:
-        if settings.k8s_api_url:
+    def _connect(api_url: str) -> k8s.ApiClient:
+        if api_url:
             configuration = k8s.Configuration()
-            configuration.host = settings.k8s_api_url
+            configuration.host = api_url
             return k8s.ApiClient(configuration)
         try:
             k8s_config.load_incluster_config()
@@ -133,21 +139,21 @@ class KubernetesLauncher:
         meta["namespace"] = self.namespace
         meta.setdefault("labels", {})[RUN_ID_LABEL] = request.run_id
         spec = job["spec"]
-        spec["activeDeadlineSeconds"] = int(self.settings.training_timeout_s)
+        spec["activeDeadlineSeconds"] = int(self.config.training_timeout_s)
         pod = spec["template"]
         pod.setdefault("metadata", {}).setdefault("labels", {})[RUN_ID_LABEL] = request.run_id
         container = next(c for c in pod["spec"]["containers"] if c["name"] == CONTAINER)
-        container["image"] = self.settings.k8s_training_image
+        container["image"] = self.config.training_image
         container["args"] = [
             "--run-id", request.run_id,
-            "--source", self.settings.k8s_git_source,
+            "--source", self.config.git_source,
             "--commit", request.data_commit,
             "--workdir", "/work/run",
-            "--publish", self.settings.artifacts_url,
+            "--publish", self.config.artifacts_url,
         ]
         resources = container.setdefault("resources", {})
-        if self.settings.k8s_gpus > 0:
-            resources.setdefault("limits", {})["nvidia.com/gpu"] = str(self.settings.k8s_gpus)
+        if self.config.gpus > 0:
+            resources.setdefault("limits", {})["nvidia.com/gpu"] = str(self.config.gpus)
         else:  # a CPU-only cluster: no GPU limit, no GPU node placement
             resources.get("limits", {}).pop("nvidia.com/gpu", None)
             pod["spec"].pop("nodeSelector", None)
@@ -155,7 +161,7 @@ class KubernetesLauncher:
         return job
 
     def run(self, request: TrainingRequest) -> TrainingResult:
-        workdir = self.settings.runs_dir / request.run_id
+        workdir = self.runs_dir / request.run_id
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "job.log"
         name = job_name(request.run_id)
@@ -180,11 +186,7 @@ class KubernetesLauncher:
         if data is None:
             return TrainingResult(request.run_id, False, log_path=log_path,
                                   error=f"the Job succeeded but left no result in {self.store.url}")
-        return TrainingResult(
-            run_id=request.run_id, succeeded=True, model_tag=data["model_tag"],
-            accuracy=float(data["accuracy"]), n_labels=int(data["n_labels"]),
-            metrics=data["metrics"], log_path=log_path,
-        )
+        return result_from_record(request.run_id, data, log_path)
 
     def _create(self, request: TrainingRequest) -> None:
         body = self.build_job(request)
@@ -200,7 +202,7 @@ class KubernetesLauncher:
     def _wait(self, name: str, run_id: str) -> tuple[str, str]:
         """("succeeded" | "failed" | "timeout", reason). The loop's own deadline is the
         Job's activeDeadlineSeconds plus a grace period for the pod to report."""
-        deadline = time.monotonic() + self.settings.training_timeout_s + self.grace_s
+        deadline = time.monotonic() + self.config.training_timeout_s + self.grace_s
         selector = f"{RUN_ID_LABEL}={run_id}"
         while True:
             job = self._api("read the training Job", self.batch.read_namespaced_job_status, name, self.namespace)
@@ -209,7 +211,7 @@ class KubernetesLauncher:
                 return state
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return "timeout", f"no result after {self.settings.training_timeout_s:.0f}s; Job deleted"
+                return "timeout", f"no result after {self.config.training_timeout_s:.0f}s; Job deleted"
             watcher = k8s_watch.Watch()
             try:
                 for event in watcher.stream(

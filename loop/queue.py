@@ -1,0 +1,191 @@
+"""The queue keeper: what Label Studio serves annotators next.
+
+After a promotion the unlabeled pool is re-scored through the service and pushed in bulk;
+before any model exists it is queued in a diversity order (cold start); tasks whose
+annotators disagree go back to the top for one more annotator (review); after each push
+the project is aligned so that its queue follows that model version's scores."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from kernel.errors import ServiceUnavailableError
+from labeling import TaskPrediction
+from loop.context import LoopContext
+from pipelines.images import decode_image, preprocess
+from pipelines.labels import current_annotations, held_back, labels_by_image
+from pipelines.strategies import BatchQueryStrategy, QueryStrategy, cold_start_order, order_to_scores
+from serving import ImagePrediction, PredictionClient, read_promotion
+
+__all__ = ["QueueKeeper", "COLD_START_VERSION", "REVIEW_SCORE", "Progress"]
+
+log = logging.getLogger(__name__)
+
+#: The queue's model version before any model exists (the cold-start diversity order).
+COLD_START_VERSION = "cold-start"
+#: Label Studio keeps only scores in [0, 1] (it drops others silently); queue positions
+#: are > 0 (`order_to_scores`), so a task re-queued for review at 0 goes first.
+REVIEW_SCORE = 0.0
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+class QueueKeeper:
+    def __init__(self, ctx: LoopContext, strategy: QueryStrategy):
+        self.ctx = ctx
+        self.strategy = strategy
+
+    def _client(self) -> PredictionClient:
+        return PredictionClient.for_settings(self.ctx.settings.serving)
+
+    def rescore(self, tag: str | None = None, *, progress: Progress | None = None) -> int:
+        """Predictions of the serving model for every unlabeled task, pushed in bulk; then the
+        queue serves the lowest score (most informative) first. No model yet: cold start.
+        Raises ServiceUnavailableError when the service is down or does not switch to `tag`."""
+        ctx = self.ctx
+        ws = ctx.require_workspace()
+        record = read_promotion(ctx.settings.promotion_file)
+        tag = tag or (record.tag if record else None)
+        if tag is None:
+            return self.cold_start()
+        client = self._client()
+        if client.health() is None:
+            raise ServiceUnavailableError(
+                f"the labelloop service at {client.url} is not reachable, so the pool was not re-scored: "
+                "start it (`labelloop up`, or `bentoml serve serving.service:Labelloop`) or set "
+                "LABELLOOP_SERVICE_URL, then run `labelloop rescore`")
+        if not client.wait_for_version(tag, timeout_s=120):
+            raise ServiceUnavailableError(
+                f"the service at {client.url} did not switch to {tag} within 120 s "
+                f"(it serves {client.serving_version()}): check its log, then run `labelloop rescore`")
+        started = time.perf_counter()
+        project = ctx.project_id()
+        tasks = self._unlabeled_tasks(project)
+        done = 0
+
+        def on_batch(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress("re-scoring pool", done, len(tasks))
+
+        batch_mode = isinstance(self.strategy, BatchQueryStrategy)
+        preds = client.classify_files([ws.image_path(name) for _, name in tasks], on_batch=on_batch,
+                                      with_embeddings=batch_mode)
+        scores = [p.score for p in preds]
+        if batch_mode and preds:
+            scores = self.batch_mode_scores(client, preds)
+        scored_s = time.perf_counter() - started
+        stale = {p.model_version for p in preds} - {tag}
+        if stale:  # the service swapped again mid-way: the next promotion re-scores
+            log.warning("pool scored partly by %s; skipping push", stale)
+            return 0
+        pushed = ctx.gateway.push_predictions(project, [
+            TaskPrediction(task_id=task_id, label=p.label, score=score, model_version=p.model_version)
+            for (task_id, _), p, score in zip(tasks, preds, scores, strict=True)
+        ])
+        self._align(project, tag)
+        ctx.state.set_marks(rescored_version=tag, rescored_tasks=pushed)
+        ctx.state.set_job_error("rescore", None)
+        log.info("re-scored %d pool tasks with %s in %.1fs (scored in %.1fs, pushed and aligned in %.1fs)",
+                 pushed, tag, time.perf_counter() - started, scored_s, time.perf_counter() - started - scored_s)
+        return pushed
+
+    def cold_start(self) -> int:
+        """No model yet: queue the unlabeled pool in a diversity order (k-center greedy on
+        the images' pixels) instead of task-id order. Positions only, no pre-labels."""
+        ctx = self.ctx
+        ws = ctx.require_workspace()
+        project = ctx.project_id()
+        tasks = self._unlabeled_tasks(project)
+        if not tasks:
+            return 0
+        started = time.perf_counter()
+        size = ws.params().data.image_size
+        pixels = preprocess([decode_image(ws.image_path(name)) for _, name in tasks], size)
+        order = cold_start_order(pixels.reshape(len(tasks), -1), head=ctx.settings.cold_start_diverse)
+        pushed = ctx.gateway.push_predictions(project, [
+            TaskPrediction(task_id=task_id, label=None, score=float(score), model_version=COLD_START_VERSION)
+            for (task_id, _), score in zip(tasks, order_to_scores(order), strict=True)
+        ])
+        self._align(project, COLD_START_VERSION)
+        log.info("cold start: %d pool tasks queued in a diversity order in %.1fs",
+                 pushed, time.perf_counter() - started)
+        return pushed
+
+    def requeue_disagreements(self) -> list[int]:
+        """Tasks whose annotators disagree with no majority (the images `majority` holds
+        back) are served once more, first in the queue, to an annotator who has not labeled
+        them, until `review_max_annotators` have. Returns the tasks re-queued now."""
+        ctx = self.ctx
+        if not ctx.settings.review_disagreements or not ctx.workspace.exists():
+            return []
+        events = ctx.workspace.events()
+        tied = set(held_back(events, "majority"))
+        annotators: dict[int, set[str]] = {}
+        for event in current_annotations(events).values():
+            if event.image in tied and event.task_id is not None:
+                annotators.setdefault(event.task_id, set()).add(event.annotator or str(event.annotation_id))
+        # Still waiting for the extra annotator; resolved ties (and ties that got it) leave.
+        asked = {t: n for t, n in ctx.state.review_queue().items() if t in annotators and len(annotators[t]) < n}
+        version = ctx.state.marks().queue_version
+        requeued = []
+        for task_id, who in sorted(annotators.items()):
+            wanted = len(who) + 1
+            if wanted > ctx.settings.review_max_annotators or asked.get(task_id, 0) >= wanted:
+                continue
+            ctx.gateway.requeue_for_review(task_id, wanted)
+            if version:  # first in the queue Label Studio serves now
+                self._push_review_positions(ctx.project_id(), [task_id], version)
+            asked[task_id] = wanted  # recorded after both: a crash re-asks (idempotent)
+            ctx.state.set_review_queue(asked)
+            requeued.append(task_id)
+            log.info("task %s: annotators disagree; re-queued for annotator %d", task_id, wanted)
+        ctx.state.set_review_queue(asked)
+        return requeued
+
+    def _unlabeled_tasks(self, project: int) -> list[tuple[int, str]]:
+        """(task id, image) of every pool task the workspace holds no label for, by task id.
+        Our own task map: listing 10k tasks from Label Studio costs seconds per thousand."""
+        ws = self.ctx.workspace
+        task_images = self.ctx.state.tasks() or self.ctx.gateway.task_images(project)
+        labeled = set(ws.annotations_by_task())
+        return [
+            (task_id, name) for task_id, name in sorted(task_images.items())
+            if task_id not in labeled and ws.image_path(name).exists()
+        ]
+
+    def _align(self, project: int, version: str) -> None:
+        """Tasks re-queued for review get the top score of this version; then the project
+        follows this version's scores and the queue tab exists."""
+        ctx = self.ctx
+        self._push_review_positions(project, sorted(ctx.state.review_queue()), version)
+        ctx.gateway.align_queue(project, version, skip_queue=ctx.settings.skip_queue)
+        ctx.state.set_marks(queue_view=ctx.gateway.ensure_queue_view(project), queue_version=version)
+
+    def _push_review_positions(self, project: int, task_ids: list[int], version: str) -> None:
+        """Top of the queue of `version` for these tasks; positions only, no pre-label."""
+        if task_ids:
+            self.ctx.gateway.push_predictions(project, [
+                TaskPrediction(task_id=t, label=None, score=REVIEW_SCORE, model_version=version) for t in task_ids
+            ])
+
+    def batch_mode_scores(self, client: PredictionClient, preds: list[ImagePrediction]) -> list[float]:
+        """Batch mode over the whole pool: the next `query_batch_size` tasks are chosen
+        together, in the model's embedding space, away from what is labeled."""
+        ws = self.ctx.workspace
+        assert isinstance(self.strategy, BatchQueryStrategy)
+        labeled = [ws.image_path(name) for name in labels_by_image(ws.events(), ws.params().data.label_policy)]
+        labeled_embeddings = np.array([p.embedding for p in client.classify_files(
+            [path for path in labeled if path.exists()], with_embeddings=True)], dtype=np.float32)
+        classes = list(preds[0].probabilities)
+        order = self.strategy.order(
+            np.array([[p.probabilities[c] for c in classes] for p in preds]),
+            np.array([p.embedding for p in preds], dtype=np.float32),
+            labeled_embeddings=labeled_embeddings if len(labeled_embeddings) else None,
+            batch_size=self.ctx.settings.query_batch_size,
+        )
+        return [float(s) for s in order_to_scores(order)]

@@ -1,0 +1,66 @@
+"""`labelloop status`: one report of the workspace, labels, serving model, runs and errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from loop.context import LoopContext
+from loop.state import RunRecord
+from pipelines.labels import held_back, labels_by_image
+from serving import PredictionClient, PromotionRecord, read_promotion
+
+__all__ = ["LoopStatus", "status_report"]
+
+
+def status_report(ctx: LoopContext, *, labels_pending_training: int, training_in_progress: str | None) -> LoopStatus:
+    ws = ctx.require_workspace()
+    state = ctx.state
+    marks = state.marks()
+    events, policy = ws.events(), ws.params().data.label_policy
+    head = ws.head()
+    return LoopStatus(
+        workspace=str(ws.root),
+        data_commit=head,
+        label_batch=ws.cursor().batch,
+        labels=len(labels_by_image(events, policy)),
+        labels_pending_training=labels_pending_training,
+        serving=read_promotion(ctx.settings.promotion_file),
+        service_version=PredictionClient.for_settings(ctx.settings.serving).serving_version(),
+        runs=state.runs(10),
+        last_collect=marks.last_collect,
+        last_collect_commit=marks.last_collect_commit,
+        unpushed_commit=None if marks.pushed_commit == head else head,
+        training_in_progress=training_in_progress,
+        training_requested=marks.training_requested,
+        pending_deletions=len(state.pending_deletions()),
+        held_back_for_review=held_back(events, policy),
+        requeued_for_review=sorted(state.review_queue()),
+        queue_version=marks.queue_version,
+        next_jobs=state.next_runs(),
+        errors=state.job_errors(),
+    )
+
+
+@dataclass(frozen=True)
+class LoopStatus:
+    """What `labelloop status` shows (and `--json` prints field by field)."""
+
+    workspace: str
+    data_commit: str
+    label_batch: int
+    labels: int
+    labels_pending_training: int
+    serving: PromotionRecord | None
+    service_version: str | None
+    runs: list[RunRecord]
+    last_collect: str | None
+    last_collect_commit: str | None = None
+    unpushed_commit: str | None = None  # a data commit not yet in the DVC remote (an outage)
+    training_in_progress: str | None = None  # the lease holder
+    training_requested: bool = False
+    pending_deletions: int = 0
+    held_back_for_review: list[str] = field(default_factory=list)  # annotators disagree (majority tie)
+    requeued_for_review: list[int] = field(default_factory=list)  # task ids back in the queue
+    queue_version: str | None = None  # the model version Label Studio's queue follows
+    next_jobs: dict[str, str | None] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # job -> its last failure, until it succeeds

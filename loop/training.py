@@ -1,0 +1,147 @@
+"""Training runs and the promotion gate: the retrain policy, one run at a time (a lease in
+the state database), resuming interrupted runs, and promotion only if not worse."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from kernel.errors import TrainingBusyError
+from loop.context import LoopContext
+from loop.launchers import Launcher, TrainingRequest
+from loop.state import RunRecord
+from serving import PromotionRecord, read_promotion, write_promotion
+
+__all__ = ["TrainingRuns", "TRAINING_LEASE", "LEASE_TTL_S"]
+
+log = logging.getLogger(__name__)
+
+#: One training at a time, across processes and restarts: a lease in the state DB that
+#: its holder renews while training; a crashed holder's lease runs out after LEASE_TTL_S.
+TRAINING_LEASE = "training"
+LEASE_TTL_S = 60.0
+
+
+class _Heartbeat:
+    """Calls `renew` every `interval_s` in a daemon thread until stopped."""
+
+    def __init__(self, renew: Callable[[], object], interval_s: float):
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    renew()
+                except Exception:  # a missed beat is retried; the TTL covers two more
+                    log.exception("could not renew the training lease")
+
+        self._thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class TrainingRuns:
+    def __init__(self, ctx: LoopContext, launcher: Launcher):
+        self.ctx = ctx
+        self.launcher = launcher
+        self._training = threading.Lock()
+        #: This process's identity as a lease holder (host, process, instance).
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+    def labels_pending_training(self) -> int:
+        """Label events collected after the data of the last finished run (failed ones too:
+        a failed run is retried when new labels arrive or on request, not in a hot loop)."""
+        last = self.ctx.state.last_finished_run()
+        return self.ctx.workspace.labels_in_batches_after(last.label_batch if last else 0)
+
+    def request(self, reason: str = "requested") -> None:
+        """Queue a training run (START_TRAINING, a schedule, a person): the retrain job starts it."""
+        self.ctx.state.set_marks(training_requested=True)
+        log.info("training requested (%s)", reason)
+
+    def due(self) -> str | None:
+        """Why a run is due now (the retrain policy), or None."""
+        state = self.ctx.state
+        if state.marks().training_requested:
+            return "requested"
+        if read_promotion(self.ctx.settings.promotion_file) is None and not state.runs(1):
+            return "first model"
+        pending = self.labels_pending_training()
+        if pending >= self.ctx.settings.retrain_min_new_labels:
+            return f"{pending} new labels"
+        return None
+
+    def run(self, *, trigger: str) -> RunRecord:
+        """One training run on the workspace HEAD (or the interrupted run it resumes);
+        promote if not worse than the serving model. Raises TrainingBusyError while another
+        run holds the lease."""
+        ctx = self.ctx
+        ws = ctx.require_workspace()
+        if not self._training.acquire(blocking=False):
+            raise TrainingBusyError("a training run is already in progress in this process; "
+                                    "`labelloop status` shows it")
+        holder = ctx.state.acquire_lease(TRAINING_LEASE, self._owner, LEASE_TTL_S)
+        if holder is not None:
+            self._training.release()
+            raise TrainingBusyError(f"a training run is already in progress (lease held by {holder}); "
+                                    "wait for it, `labelloop status` shows it")
+        heartbeat = _Heartbeat(lambda: ctx.state.acquire_lease(TRAINING_LEASE, self._owner, LEASE_TTL_S),
+                               LEASE_TTL_S / 3)
+        try:
+            ctx.state.set_marks(training_requested=False)
+            run_id, commit = self._start_or_resume(trigger)
+            result = self.launcher.run(TrainingRequest(run_id, str(ws.root), commit))
+            if not result.succeeded:
+                ctx.state.finish_run(run_id, "failed", result.error or "unknown error")
+                log.error("training run %s failed: %s", run_id, result.error)
+                return ctx.state.run(run_id)
+            self._gate(run_id, commit, result)
+        finally:
+            heartbeat.stop()
+            ctx.state.release_lease(TRAINING_LEASE, self._owner)
+            self._training.release()
+        return ctx.state.run(run_id)
+
+    def _start_or_resume(self, trigger: str) -> tuple[str, str]:
+        ctx = self.ctx
+        interrupted = [r for r in ctx.state.runs(100) if r.status == "running"]
+        if interrupted and getattr(self.launcher, "resumable", False):
+            # We hold the lease, so nobody runs these: a scheduler died while its Job kept
+            # going. Same run id: the launcher adopts the Job instead of starting a new one.
+            run = interrupted[0]
+            for other in interrupted[1:]:
+                ctx.state.finish_run(other.run_id, "failed", "interrupted (scheduler stopped)")
+            log.info("resuming interrupted run %s", run.run_id)
+            return run.run_id, run.data_commit
+        ctx.state.fail_interrupted_runs()
+        with ctx.workspace_lock:
+            ctx.push_if_needed()
+            commit, batch = ctx.workspace.head(), ctx.workspace.cursor().batch
+        run_id = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{commit[:7]}-{secrets.token_hex(2)}"
+        ctx.state.start_run(run_id, commit, batch, trigger)
+        return run_id, commit
+
+    def _gate(self, run_id: str, commit: str, result) -> None:
+        """Promote only if not worse (held-out accuracy) than the serving model."""
+        ctx = self.ctx
+        serving = read_promotion(ctx.settings.promotion_file)
+        scored = {"model_tag": result.model_tag, "accuracy": result.accuracy, "n_labels": result.n_labels}
+        if serving is not None and result.accuracy < serving.accuracy:
+            reason = f"accuracy {result.accuracy:.4f} < serving {serving.accuracy:.4f}"
+            ctx.state.finish_run(run_id, "rejected", reason, **scored)
+            log.info("run %s rejected: %s", run_id, reason)
+            return
+        write_promotion(ctx.settings.promotion_file, PromotionRecord(
+            tag=result.model_tag, accuracy=result.accuracy, data_commit=commit,
+            n_labels=result.n_labels, run_id=run_id,
+        ))
+        reason = "first model" if serving is None else f"accuracy {result.accuracy:.4f} >= {serving.accuracy:.4f}"
+        ctx.state.finish_run(run_id, "promoted", reason, **scored)
+        log.info("run %s promoted %s (%s)", run_id, result.model_tag, reason)

@@ -1,0 +1,46 @@
+"""The ML pipeline as DVC stages (`dvc.yaml` of every workspace): prepare -> train ->
+evaluate -> register. Each stage is a module of this package with a thin `__main__`."""
+
+from __future__ import annotations
+
+from kernel.layout import IMAGES_DIR, LABELS_DIR
+
+__all__ = ["DVC_PIPELINE"]
+
+DVC_PIPELINE = {
+    "stages": {
+        "prepare": {
+            "cmd": "python -m pipelines.prepare",
+            "deps": [str(IMAGES_DIR), str(LABELS_DIR), "data/test"],
+            "params": ["data"],
+            "outs": ["build/prepared.npz"],
+        },
+        "train": {
+            "cmd": "python -m pipelines.train",
+            "deps": ["build/prepared.npz"],
+            "params": ["data", "train"],
+            "outs": ["build/model.keras"],
+        },
+        "evaluate": {
+            "cmd": "python -m pipelines.evaluate",
+            "deps": ["build/model.keras", "build/prepared.npz"],
+            "metrics": [{"metrics.json": {"cache": False}}],
+            "plots": [
+                {
+                    "plots/confusion.csv": {
+                        "cache": False,
+                        "template": "confusion",
+                        "x": "actual",
+                        "y": "predicted",
+                    }
+                }
+            ],
+        },
+        "register": {
+            "cmd": "python -m pipelines.register",
+            "deps": ["build/model.keras", "metrics.json"],
+            "params": ["register"],
+            "outs": [{"build/registered.json": {"cache": False}}],
+        },
+    }
+}
