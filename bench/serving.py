@@ -1,16 +1,27 @@
-"""Serving benchmark: adaptive batching on vs off, side by side in one run.
+"""Serving benchmark: a minimal reference server, adaptive batching on and off, side by side in one run.
 
     python -m bench.serving [--seconds 8] [--out bench/results/serving.json]
 
 Trains (once, cached under bench/.work) the digits model through the real pipeline, then
-starts the real service twice with the same model, `LABELLOOP_SERVING_BATCHING=true` and
-`false`, one after the other (never both at once: they would share the CPUs), and drives
-each with 1, 16 and 64 concurrent clients sending one image per request. Then one Label
-Studio `/predict` of 100 tasks (data-URI images, so it measures the service, not a file
-server). The load generator runs on the same machine and competes for its cores: the
-ratios are the point, the absolute numbers are this machine's. Every failed request (an
-answer other than 200, a dropped connection) is counted beside the throughput: `errors`
-and `error_kinds` per run, `errors` per mode, `errors_total` over all runs.
+serves that one model three ways, one after the other (never two at once: they would share
+the CPUs): the reference (`bench/reference_server.py`: Starlette on uvicorn, one process,
+the same model, preprocessing, multipart request and JSON answer; the practical floor of
+per-request cost in Python here), and the real service with
+`LABELLOOP_SERVING_BATCHING=true` and `false`. Each is driven with 1, 16, 64 and 256
+concurrent closed-loop clients sending one image per `/classify` request. The service with
+batching on (the default) also answers Label Studio `/predict` with one task per request at
+1, 16 and 64 clients (compared with label-studio-ml-backend's figures quoted in issue 12)
+and one `/predict` of 100 tasks (data-URI images, so it measures the service, not a file
+server). Last, the forward pass alone in a fresh process: images/s of pure inference, what
+the modes' images/s served are set against.
+
+The load generator runs on the same machine and competes for its cores: the ratios are the
+point, the absolute numbers are this machine's. Every failed request (an answer other than
+200, a dropped connection, a `/predict` answer without a prediction) is counted beside the
+throughput: `errors` and `error_kinds` per run, `errors` per mode, `errors_total` over all
+runs. Each run also says where the CPU went (`cpu_ms_per_request` per process role, read
+from /proc) and how much CPU other processes on the machine took meanwhile
+(`foreign_cpu_s`: noise from anything else running).
 """
 
 from __future__ import annotations
@@ -22,21 +33,29 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import httpx
 
-from loop.core import Loop
 from kernel.settings import Settings
+from loop.core import Loop
 from loop.stack import ServiceServer, free_port
 from serving import PromotionRecord, read_promotion
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work" / "serving"
-CONCURRENCY = (1, 16, 64)
+CONCURRENCY = (1, 16, 64, 256)
+PREDICT_CONCURRENCY = (1, 16, 64)
+#: label-studio-ml-backend (its scaffold: one gunicorn worker, 8 threads, a vectorized
+#: `predict`, the same Keras model), single-task `/predict` requests/s at 1/16/64 clients
+#: with zero errors, measured on this machine and quoted in issue 12 (not re-run here).
+LS_ML_BACKEND_PREDICT_RPS = {1: 84, 16: 137, 64: 117}
 
 
 def trained_model() -> tuple[Settings, PromotionRecord]:
@@ -53,25 +72,58 @@ def trained_model() -> tuple[Settings, PromotionRecord]:
     return settings, record
 
 
-async def _load(url: str, image: bytes, clients: int, seconds: float) -> dict:
-    """`clients` closed-loop clients, one image per request, for `seconds`. aiohttp, not
-    httpx: the load generator shares the 2 cores with the service, so it must be lean."""
+# --- load -----------------------------------------------------------------------------------
+#: One request: (path, body, headers) made fresh per request (an aiohttp form is single-use).
+Request = Callable[[], tuple[str, object, dict]]
+#: Checks a 200 answer's body: None when it is what was asked, else the error kind.
+Check = Callable[[bytes], str | None]
+
+
+def classify_request(image: bytes) -> Request:
+    def make() -> tuple[str, object, dict]:
+        form = aiohttp.FormData()
+        form.add_field("images", image, filename="d.png", content_type="image/png")
+        return "/classify", form, {}
+    return make
+
+
+def predict_request(image: bytes) -> tuple[Request, Check]:
+    """Label Studio's `/predict` with one task (a data-URI image), as Label Studio sends it
+    when an annotator opens a task; an answer without a prediction for it is an error."""
+    uri = "data:image/png;base64," + base64.b64encode(image).decode()
+    task_id = iter(range(10**9))
+
+    def make() -> tuple[str, object, dict]:
+        body = json.dumps({"tasks": [{"id": next(task_id), "data": {"image": uri}}]}).encode()
+        return "/predict", body, {"Content-Type": "application/json"}
+
+    def check(body: bytes) -> str | None:
+        try:
+            results = json.loads(body)["results"]
+        except (ValueError, KeyError, TypeError):
+            return "bad answer"
+        return None if len(results) == 1 and results[0].get("result") else "empty prediction"
+    return make, check
+
+
+async def _load(url: str, request: Request, clients: int, seconds: float, check: Check | None = None) -> dict:
+    """`clients` closed-loop clients, one request each at a time, for `seconds`. aiohttp, not
+    httpx: the load generator shares the 2 cores with the server, so it must be lean."""
     latencies: list[float] = []
-    errors: Counter[str] = Counter()  # by HTTP status or exception type
+    errors: Counter[str] = Counter()  # by HTTP status, exception type or check
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
 
         async def client() -> None:
             while time.perf_counter() < deadline:
-                form = aiohttp.FormData()
-                form.add_field("images", image, filename="d.png", content_type="image/png")
+                path, body, headers = request()
                 started = time.perf_counter()
                 try:
-                    async with http.post("/classify", data=form) as r:
-                        await r.read()
-                        failure = None if r.status == 200 else f"HTTP {r.status}"
-                except aiohttp.ClientError as exc:  # a dropped connection is an error too
+                    async with http.post(path, data=body, headers=headers) as r:
+                        content = await r.read()
+                        failure = f"HTTP {r.status}" if r.status != 200 else (check(content) if check else None)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # a dropped connection is an error too
                     failure = type(exc).__name__
                 if failure is None:
                     latencies.append(time.perf_counter() - started)
@@ -93,6 +145,7 @@ async def _load(url: str, image: bytes, clients: int, seconds: float) -> dict:
     }
 
 
+# --- where the CPU went -----------------------------------------------------------------------
 def _worker_pids() -> dict[str, list[int]]:
     """The service's processes by role, from their command lines (Linux /proc)."""
     roles: dict[str, list[int]] = {"front": [], "classifier": []}
@@ -101,9 +154,9 @@ def _worker_pids() -> dict[str, list[int]]:
             continue
         try:
             args = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"_bentoml_impl.worker.service" not in args or str(WORK).encode() not in (proc / "environ").read_bytes():
+                continue
         except OSError:
-            continue
-        if b"_bentoml_impl.worker.service" not in args or str(WORK).encode() not in (proc / "environ").read_bytes():
             continue
         name = args[args.index(b"--service-name") + 1].decode() if b"--service-name" in args else ""
         roles["classifier" if name.endswith("classifier") else "front"].append(int(proc.name))
@@ -122,18 +175,36 @@ def _cpu_s(pids: list[int]) -> float:
     return total / ticks
 
 
-def _profiled_load(url: str, image: bytes, clients: int, seconds: float, pids: dict[str, list[int]]) -> dict:
-    """The load run plus where the CPU went: seconds of CPU per request in each process."""
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (all processes), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _profiled_load(url: str, request: Request, clients: int, seconds: float, pids: dict[str, list[int]],
+                   check: Check | None = None) -> dict:
+    """The load run plus where the CPU went: ms of CPU per request in each process role, and
+    the CPU seconds other processes took meanwhile (`foreign_cpu_s`: a noisy run)."""
     before = {role: _cpu_s(p) for role, p in pids.items()}
-    own = time.process_time()
-    run = asyncio.run(_load(url, image, clients, seconds))
+    own, machine = time.process_time(), _machine_busy_s()
+    run = asyncio.run(_load(url, request, clients, seconds, check))
     spent = {role: _cpu_s(p) - before[role] for role, p in pids.items()}
     spent["load_generator"] = time.process_time() - own
     n = max(run["requests"] + run["errors"], 1)
     run["cpu_ms_per_request"] = {role: round(1000 * cpu / n, 2) for role, cpu in spent.items()}
+    run["foreign_cpu_s"] = round(max(_machine_busy_s() - machine - sum(spent.values()), 0.0), 1)
     return run
 
 
+def _print_run(mode: str, run: dict) -> None:
+    cpu = ", ".join(f"{role} {ms}" for role, ms in run["cpu_ms_per_request"].items())
+    p50, p99 = run["p50_ms"] or float("nan"), run["p99_ms"] or float("nan")
+    print(f"  {mode:<14} clients={run['clients']:>3}: {run['throughput_rps']:>7.1f} req/s  p50 {p50:>7.2f} ms"
+          f"  p99 {p99:>7.2f} ms  ({run['requests']} ok, {run['errors']} errors {run['error_kinds'] or ''})"
+          f"  CPU ms/request: {cpu}; other processes {run['foreign_cpu_s']} s", flush=True)
+
+
+# --- the modes --------------------------------------------------------------------------------
 def _predict_100(url: str, image: bytes, repeats: int = 5) -> dict:
     uri = "data:image/png;base64," + base64.b64encode(image).decode()
     tasks = [{"id": i, "data": {"image": uri}} for i in range(100)]
@@ -152,6 +223,77 @@ def _predict_100(url: str, image: bytes, repeats: int = 5) -> dict:
     return {"tasks": 100, "repeats": repeats, "errors": errors,
             "median_s": round(statistics.median(times), 3) if times else None,
             "max_s": round(max(times), 3) if times else None}
+
+
+def _classify_levels(mode: str, url: str, image: bytes, seconds: float, pids: dict[str, list[int]]) -> list[dict]:
+    asyncio.run(_load(url, classify_request(image), 16, 2.0))  # warm-up: graph tracing, connections
+    runs = []
+    for clients in CONCURRENCY:
+        runs.append(_profiled_load(url, classify_request(image), clients, seconds, pids))
+        _print_run(mode, runs[-1])
+    return runs
+
+
+def measure_reference(settings: Settings, tag: str, image: bytes, seconds: float) -> dict:
+    port = free_port()
+    log = WORK / "reference.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bench.reference_server", "--tag", tag, "--port", str(port),
+             "--strategy", settings.serving.query_strategy],
+            env=settings.child_env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the reference server exited ({server.returncode}); see {log}")
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the reference server did not start in 180 s; see {log}")
+            time.sleep(0.5)
+        runs = _classify_levels("reference", url, image, seconds, {"reference": [server.pid]})
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return {"mode": "reference", "errors": sum(r["errors"] for r in runs), "runs": runs}
+
+
+def measure(settings: Settings, batching: bool, image: bytes, seconds: float) -> dict:
+    home = WORK / f"serve-{'batched' if batching else 'unbatched'}"
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "bentoml").exists():
+        (home / "bentoml").symlink_to(settings.bentoml_home)
+    (home / "promotion.json").write_text(settings.promotion_file.read_text())
+    serve = settings.model_copy(update={"home": home, "service_port": free_port(), "serving_batching": batching})
+    server = ServiceServer(serve).start(timeout_s=240)
+    mode = f"batching {'on' if batching else 'off'}"
+    try:
+        while httpx.get(f"{server.url}/readyz").status_code != 200:
+            time.sleep(0.5)
+        pids = _worker_pids()
+        runs = _classify_levels(mode, server.url, image, seconds, pids)
+        predict_runs, predict = [], None
+        if batching:  # /predict is one unbatched forward pass per request: the mode doesn't matter
+            make, check = predict_request(image)
+            asyncio.run(_load(server.url, make, 16, 2.0, check))  # warm-up
+            for clients in PREDICT_CONCURRENCY:
+                predict_runs.append(_profiled_load(server.url, make, clients, seconds, pids, check))
+                _print_run("/predict x1", predict_runs[-1])
+            predict = _predict_100(server.url, image)
+    finally:
+        server.stop()
+    errors = sum(r["errors"] for r in runs + predict_runs) + (predict["errors"] if predict else 0)
+    return {"mode": mode, "batching": batching, "errors": errors, "runs": runs,
+            "predict_single_task": predict_runs or None, "predict_100": predict}
 
 
 MODEL_TIMING = """
@@ -173,43 +315,76 @@ print(json.dumps(out))
 
 def model_forward_ms(settings: Settings, tag: str) -> dict:
     """The forward pass alone (what batching amortises), in a fresh process."""
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", MODEL_TIMING.format(tag=tag)], env=settings.child_env(),
                           capture_output=True, text=True, check=True, cwd=ROOT)
     timing = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"batch_1_ms": timing["1"], "batch_64_ms": timing["64"]}
+    return {"batch_1_ms": timing["1"], "batch_64_ms": timing["64"],
+            "images_per_s_batch_1": round(1000 / timing["1"]), "images_per_s_batch_64": round(64_000 / timing["64"])}
 
 
-def measure(settings: Settings, batching: bool, image: bytes, seconds: float) -> dict:
-    home = WORK / f"serve-{'batched' if batching else 'unbatched'}"
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "bentoml").exists():
-        (home / "bentoml").symlink_to(settings.bentoml_home)
-    (home / "promotion.json").write_text(settings.promotion_file.read_text())
-    serve = settings.model_copy(update={"home": home, "service_port": free_port(), "serving_batching": batching})
-    server = ServiceServer(serve).start(timeout_s=240)
-    try:
-        while httpx.get(f"{server.url}/readyz").status_code != 200:
-            time.sleep(0.5)
-        asyncio.run(_load(server.url, image, 16, 2.0))  # warm-up: graph tracing, connections
-        pids = _worker_pids()
-        runs = []
-        for clients in CONCURRENCY:
-            run = _profiled_load(server.url, image, clients, seconds, pids)
-            runs.append(run)
-            cpu = run["cpu_ms_per_request"]
-            print(f"  batching={'on ' if batching else 'off'} clients={run['clients']:>2}: "
-                  f"{run['throughput_rps']:>7.1f} req/s  p50 {run['p50_ms']:>7.2f} ms  p99 {run['p99_ms']:>7.2f} ms"
-                  f"  ({run['requests']} ok, {run['errors']} errors {run['error_kinds'] or ''})"
-                  f"  CPU ms/request: front {cpu['front']}, "
-                  f"model worker {cpu['classifier']}, load generator {cpu['load_generator']}", flush=True)
-        predict = _predict_100(server.url, image) if batching else None
-    finally:
-        server.stop()
-    errors = sum(r["errors"] for r in runs) + (predict["errors"] if predict else 0)
-    return {"batching": batching, "errors": errors, "runs": runs, "predict_100": predict}
+# --- the report -------------------------------------------------------------------------------
+def _at(runs: list[dict], clients: int) -> dict:
+    return next(r for r in runs if r["clients"] == clients)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def side_by_side(reference: dict, batched: dict, unbatched: dict, forward: dict) -> list[dict]:
+    """Every mode at every load, plus images/s served against pure inference (one image per
+    request, so images/s = requests/s; the best pure inference is the batch of 64)."""
+    rows = []
+    for clients in CONCURRENCY:
+        row: dict = {"clients": clients}
+        for name, mode in (("reference", reference), ("batched", batched), ("unbatched", unbatched)):
+            run = _at(mode["runs"], clients)
+            row[name] = {k: run[k] for k in ("throughput_rps", "errors", "p50_ms", "p99_ms")}
+            row[name]["of_pure_inference"] = round(run["throughput_rps"] / forward["images_per_s_batch_64"], 4)
+        row["batched_over_reference"] = _ratio(row["batched"]["throughput_rps"], row["reference"]["throughput_rps"])
+        row["unbatched_over_reference"] = _ratio(row["unbatched"]["throughput_rps"], row["reference"]["throughput_rps"])
+        row["batched_over_unbatched"] = _ratio(row["batched"]["throughput_rps"], row["unbatched"]["throughput_rps"])
+        rows.append(row)
+    return rows
+
+
+def targets_of(rows: list[dict], batched: dict, unbatched: dict) -> dict:
+    """Issue 12's goals, each {"target", "reached", "met"}: `reached` is the measured value
+    (the default configuration: batching on), other modes beside it."""
+    at16, at64 = _at(rows, 16), _at(rows, 64)
+    service_errors = batched["errors"] + unbatched["errors"]
+    p99_worse = [r["clients"] for r in rows
+                 if r["batched"]["p99_ms"] is None or r["unbatched"]["p99_ms"] is None
+                 or r["batched"]["p99_ms"] > r["unbatched"]["p99_ms"]]
+    predict = {r["clients"]: r for r in batched["predict_single_task"]}
+    predict_ratios = {c: _ratio(predict[c]["throughput_rps"], rps) for c, rps in LS_ML_BACKEND_PREDICT_RPS.items()}
+    predict_errors = sum(r["errors"] for r in predict.values())
+    worst_predict = min(v or 0 for v in predict_ratios.values())
+    p100 = batched["predict_100"]["median_s"]
+    return {
+        "throughput_vs_reference_at_64_clients": {
+            "target": ">= 0.7", "reached": at64["batched_over_reference"],
+            "met": (at64["batched_over_reference"] or 0) >= 0.7, "batching_off": at64["unbatched_over_reference"]},
+        "single_image_p99_ms_at_16_clients": {
+            "target": "<= 100", "reached": at16["batched"]["p99_ms"],
+            "met": at16["batched"]["p99_ms"] is not None and at16["batched"]["p99_ms"] <= 100,
+            "batching_off": at16["unbatched"]["p99_ms"], "reference": at16["reference"]["p99_ms"]},
+        "batched_over_unbatched_backbone_at_64_clients": {
+            "target": ">= 4", "reached": None, "met": None,
+            "why": "no backbone model exists yet (the photos issue); the digits model's ratio is in side_by_side"},
+        "zero_errors_service": {
+            "target": "0 at 1/16/64/256 clients, batching on and off, and /predict", "reached": service_errors,
+            "met": service_errors == 0},
+        "batching_p99_never_worse": {
+            "target": "batched p99 <= unbatched p99 at every load", "reached": {"worse_at_clients": p99_worse},
+            "met": not p99_worse},
+        "predict_single_task_vs_label_studio_ml_backend": {
+            "target": ">= 2 at 1/16/64 clients, zero errors", "reached": worst_predict,
+            "met": worst_predict >= 2 and predict_errors == 0,
+            "ratio_per_clients": predict_ratios, "errors": predict_errors,
+            "label_studio_ml_backend_rps": LS_ML_BACKEND_PREDICT_RPS},
+        "predict_100_tasks_s": {"target": "<= 0.13", "reached": p100, "met": p100 is not None and p100 <= 0.13},
+    }
 
 
 def main() -> None:
@@ -220,43 +395,41 @@ def main() -> None:
     settings, record = trained_model()
     ws_images = sorted((settings.workspace / "data" / "images").glob("*.png"))
     image = ws_images[0].read_bytes()
-    print(f"model {record.tag}; {args.seconds:.0f} s per level; one image per request", flush=True)
+    load_before = os.getloadavg()
+    print(f"model {record.tag}; {args.seconds:.0f} s per level; one image per request; "
+          f"load average {load_before[0]:.2f}", flush=True)
+    reference = measure_reference(settings, record.tag, image, args.seconds)
     batched = measure(settings, True, image, args.seconds)
     unbatched = measure(settings, False, image, args.seconds)
     forward = model_forward_ms(settings, record.tag)
-    print(f"model forward pass alone: {forward['batch_1_ms']} ms for 1 image, {forward['batch_64_ms']} ms for 64",
-          flush=True)
-    comparison = []
-    for on, off in zip(batched["runs"], unbatched["runs"], strict=True):
-        comparison.append({
-            "clients": on["clients"],
-            "throughput_ratio_batched_over_unbatched": round(on["throughput_rps"] / off["throughput_rps"], 2),
-            "p99_ms_batched": on["p99_ms"], "p99_ms_unbatched": off["p99_ms"],
-            "errors_batched": on["errors"], "errors_unbatched": off["errors"],
-        })
-    at16 = next(r for r in batched["runs"] if r["clients"] == 16)
-    at64 = next(c for c in comparison if c["clients"] == 64)
-    targets = {
-        "batched_throughput_ratio_at_64_clients": {"target": ">= 5", "reached": at64["throughput_ratio_batched_over_unbatched"]},
-        "single_image_p99_ms_at_16_clients": {"target": "<= 100", "reached": at16["p99_ms"]},
-        "predict_100_tasks_s": {"target": "<= 1", "reached": batched["predict_100"]["median_s"]},
-    }
+    print(f"model forward pass alone: {forward['batch_1_ms']} ms for 1 image, {forward['batch_64_ms']} ms for 64"
+          f" ({forward['images_per_s_batch_64']} images/s)", flush=True)
+    rows = side_by_side(reference, batched, unbatched, forward)
+    targets = targets_of(rows, batched, unbatched)
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)},
         "model": record.tag, "seconds_per_level": args.seconds,
-        "errors_total": batched["errors"] + unbatched["errors"],
-        "model_forward": forward, "batched": batched, "unbatched": unbatched, "comparison": comparison, "targets": targets,
+        "errors_total": reference["errors"] + batched["errors"] + unbatched["errors"],
+        "model_forward": forward, "side_by_side": rows, "targets": targets,
+        "reference": reference, "batched": batched, "unbatched": unbatched,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("\nbatched / unbatched throughput:")
-    for c in comparison:
-        print(f"  {c['clients']:>2} clients: x{c['throughput_ratio_batched_over_unbatched']:.2f}"
-              f"   p99 {c['p99_ms_batched']:.1f} ms vs {c['p99_ms_unbatched']:.1f} ms")
+    print("\nreq/s · errors (p50 / p99 ms)        reference | batching on | batching off")
+    for r in rows:
+        cells = [f"{r[m]['throughput_rps']:.0f} · {r[m]['errors']} ({r[m]['p50_ms']} / {r[m]['p99_ms']})"
+                 for m in ("reference", "batched", "unbatched")]
+        print(f"  {r['clients']:>3} clients: " + " | ".join(cells))
+    print("Label Studio /predict, one task: " + ", ".join(
+        f"{c} clients x{v}" for c, v in targets["predict_single_task_vs_label_studio_ml_backend"]["ratio_per_clients"].items())
+        + " of label-studio-ml-backend")
     print(f"Label Studio /predict of 100 tasks: {batched['predict_100']['median_s']} s (median of 5)")
-    print(f"errors: {result['errors_total']} in all runs (batching on {batched['errors']}, off {unbatched['errors']})")
+    print(f"errors: {result['errors_total']} in all runs (reference {reference['errors']}, "
+          f"batching on {batched['errors']}, off {unbatched['errors']})")
     for name, t in targets.items():
-        print(f"  target {name}: {t['target']}, reached {t['reached']}")
+        verdict = "not measured" if t["met"] is None else "met" if t["met"] else "NOT met"
+        print(f"  target {name}: {t['target']}, reached {t['reached']} ({verdict})")
     print(f"wrote {args.out.relative_to(ROOT)}")
 
 

@@ -185,6 +185,10 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         console.print(f"promoted model {st.serving.tag} accuracy {st.serving.accuracy:.4f} "
                       f"data {st.serving.data_commit[:10]} ({st.serving.n_labels} labels)")
     console.print(f"service        {st.service_version or 'not reachable'}")
+    if st.image_fetch_failures:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(st.image_fetch_failures.items()))
+        console.print(f"[yellow]fetch failures {sum(st.image_fetch_failures.values())} task images since the "
+                      f"service started ({reasons}); its log names each cause[/]")
     table = Table("run", "status", "trigger", "labels", "accuracy", "reason")
     for r in st.runs:
         table.add_row(r.run_id, r.status, r.trigger, str(r.n_labels or "-"),

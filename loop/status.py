@@ -18,6 +18,11 @@ def status_report(ctx: LoopContext, *, labels_pending_training: int, training_in
     marks = state.marks()
     events, policy = ws.events(), ws.params().data.label_policy
     head = ws.head()
+    service = PredictionClient.for_settings(ctx.settings.serving)
+    try:
+        service_version, fetch_failures = service.serving_version(), service.image_fetch_failures()
+    finally:
+        service.close()
     return LoopStatus(
         workspace=str(ws.root),
         data_commit=head,
@@ -25,7 +30,8 @@ def status_report(ctx: LoopContext, *, labels_pending_training: int, training_in
         labels=len(labels_by_image(events, policy)),
         labels_pending_training=labels_pending_training,
         serving=read_promotion(ctx.settings.promotion_file),
-        service_version=PredictionClient.for_settings(ctx.settings.serving).serving_version(),
+        service_version=service_version,
+        image_fetch_failures=fetch_failures or {},
         runs=state.runs(10),
         last_collect=marks.last_collect,
         last_collect_commit=marks.last_collect_commit,
@@ -64,3 +70,5 @@ class LoopStatus:
     queue_version: str | None = None  # the model version Label Studio's queue follows
     next_jobs: dict[str, str | None] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # job -> its last failure, until it succeeds
+    # Label Studio task images the service could not fetch or use since it started, by reason.
+    image_fetch_failures: dict[str, int] = field(default_factory=dict)

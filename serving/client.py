@@ -18,6 +18,8 @@ __all__ = ["PredictionClient", "CLIENT_BATCH"]
 
 #: The service's max_batch_size: one request never holds more images than one batch.
 CLIENT_BATCH = 64
+#: The service's counter of Label Studio task images it could not fetch or use (by reason).
+FETCH_FAILURES_METRIC = "labelloop_image_fetch_failures"
 
 
 class PredictionClient:
@@ -55,6 +57,28 @@ class PredictionClient:
         except httpx.HTTPError:
             return None
         return response.json() if response.status_code == 200 else None
+
+    def image_fetch_failures(self) -> dict[str, int] | None:
+        """Task images the service could not fetch or use since it started, by reason
+        (`fetch`, `decode`, `outside_root`; read from its `/metrics`, which needs no
+        credentials); None when the service is not reachable."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            response = self._http.get("/metrics", timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        counts: dict[str, int] = {}
+        for family in text_string_to_metric_families(response.text):
+            if family.name != FETCH_FAILURES_METRIC:
+                continue
+            for sample in family.samples:
+                if sample.name == f"{FETCH_FAILURES_METRIC}_total" and sample.value:
+                    reason = sample.labels.get("reason", "")
+                    counts[reason] = counts.get(reason, 0) + int(sample.value)
+        return counts
 
     def serving_version(self) -> str | None:
         health = self.health()

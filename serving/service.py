@@ -38,7 +38,7 @@ from pipelines.images import decode_image
 from pipelines.strategies import get_strategy, per_image_scores
 from serving import errors
 from serving.events import spool_event
-from serving.fetch import ImageFetcher, decode_base64
+from serving.fetch import ImageFetcher, OutsideRootError, decode_base64, none_usable
 from serving.guard import Guard, GuardConfig
 from serving.inference import NO_MODEL, ModelSlot
 from serving.labeling_config import ChoiceTarget, check_classes, parse_label_config
@@ -158,6 +158,13 @@ def _decodes(data: bytes) -> BadInputError | None:
     return None
 
 
+def _failure_reason(problem: Exception) -> str:
+    """The `reason` label of `labelloop_image_fetch_failures_total`."""
+    if isinstance(problem, FetchError):
+        return "fetch"
+    return "outside_root" if isinstance(problem, OutsideRootError) else "decode"
+
+
 def _validate_images(raw: list[bytes]) -> None:
     """The first image the decoder cannot read is this request's 400."""
     for i, data in enumerate(raw):
@@ -192,6 +199,7 @@ class Labelloop:
         self.fetcher = ImageFetcher(
             label_studio.url,
             label_studio.token_value(),
+            files_root=label_studio.files_root,
             concurrency=SETTINGS.fetch_concurrency,
             cache_bytes=int(SETTINGS.fetch_cache_mb * 1024 * 1024),
             max_image_bytes=int(SETTINGS.max_body_mb * 1024 * 1024),
@@ -257,13 +265,20 @@ class Labelloop:
 
     @backend.post("/setup")
     async def setup(self, request: SetupRequest) -> SetupResponse:
-        """Label Studio connects: check its labeling config fits the model (4xx says why)."""
-        self.fetcher.use_label_studio(request.hostname or None, request.access_token or None)
+        """Label Studio connects: check its labeling config fits the model (4xx says why)
+        and, when Label Studio names itself (`hostname`), that the service can fetch task
+        images from it with the URL and token it will use (502 says which to set)."""
+        hostname = request.hostname.strip()
+        if hostname and not hostname.startswith(("http://", "https://")):
+            raise UnprocessableError(f"'hostname' is Label Studio's http(s) URL, not {hostname[:80]!r}")
+        self.fetcher.use_label_studio(hostname or None, request.access_token or None)
         info = await self.worker.info()
         if request.schema_:
             target = parse_label_config(request.schema_)
             if info is not None:
                 check_classes(target, info.classes)
+        if hostname:
+            await self.fetcher.check_label_studio(told=hostname)
         return SetupResponse(model_version=info.version if info else "none")
 
     @backend.get("/versions")
@@ -274,7 +289,9 @@ class Labelloop:
     @backend.post("/predict")
     async def ls_predict(self, request: PredictRequest) -> PredictResponse:
         """One result per task, in task order, all fetched images in one forward pass.
-        A task whose image cannot be fetched or decoded gets an empty result."""
+        A task whose image cannot be fetched or decoded gets an empty result; when no task
+        has one, the request fails naming the first cause (`none_usable`): Label Studio
+        would store the empty answers and never ask for those tasks again."""
         if not request.tasks:
             raise UnprocessableError("the request holds no tasks")
         target = parse_label_config(request.label_config) if request.label_config else DEFAULT_TARGET
@@ -287,10 +304,14 @@ class Labelloop:
             lambda: [_decodes(item) if isinstance(item, bytes) else item for item in fetched]
         )
         usable = [i for i, problem in enumerate(checks) if problem is None]
+        for problem in checks:
+            if problem is not None:
+                self.telemetry.fetch_failed(_failure_reason(problem))
+        if failure := none_usable(checks):
+            raise failure
         for task, problem in zip(request.tasks, checks, strict=True):
             if problem is not None:
                 log.warning("task %s: no prediction: %s", task.id, problem)
-                self.telemetry.fetch_failed("fetch" if isinstance(problem, FetchError) else "decode")
         images = [item for item, problem in zip(fetched, checks) if problem is None and isinstance(item, bytes)]
         predictions = await self.worker.classify("classify_all", images) if images else []
         version = predictions[0].model_version if predictions else info.version

@@ -1,15 +1,19 @@
 """Exactly once, whatever the crash: the collecting process is SIGKILLed at every crash
 point of collect -> write -> git commit -> dvc push -> cursor save (21 points, `loop.faults`),
 restarted each time, while annotators keep creating, relabeling and deleting in a REAL
-Label Studio. Afterwards the labels in the PUSHED DVC data equal Label Studio's
-annotations: zero lost, zero duplicated."""
+Label Studio WHILE the collect runs. Afterwards the labels in the PUSHED DVC data equal
+Label Studio's annotations: zero lost, zero duplicated. Run with the default 300 s
+look-back and with 2 s, so the cursor logic itself (not the overlap) is exercised."""
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,34 +50,79 @@ def assert_workspace_matches(loop, gateway, project, point: str) -> None:
     assert max(versions.values(), default=1) == 1, (point, versions.most_common(3))
 
 
-def test_sigkill_at_every_collect_point_loses_and_duplicates_nothing(ls_settings, tmp_path):
-    settings = ls_settings("exactly-once")
+class Annotators:
+    """Annotators at work: new labels, relabels, deletions (with the webhook event spooled as
+    the service does), one action at a time from a seeded random stream."""
+
+    def __init__(self, annotator: SimulatedAnnotator, tasks: list[tuple[int, str]], events_dir, seed: int):
+        self.annotator, self.tasks, self.events_dir = annotator, tasks, events_dir
+        self.truth = digits_truth()
+        self.rng = random.Random(seed)
+        self.annotations: list[int] = []
+        self.image_of: dict[int, str] = {}
+        self.next_task = 0
+        self.actions = Counter()
+
+    def act(self) -> None:
+        roll = self.rng.random()
+        if len(self.annotations) > 4 and roll < 0.15:
+            victim = self.annotations.pop(self.rng.randrange(len(self.annotations)))
+            self.annotator.delete_annotation(victim)
+            spool_event(self.events_dir, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": victim}]})
+            self.actions["delete"] += 1
+        elif len(self.annotations) > 4 and roll < 0.35:
+            target = self.rng.choice(self.annotations)
+            right = self.truth[self.image_of[target]]
+            self.annotator.update_annotation(target, "0" if right != "0" else "1")
+            self.actions["relabel"] += 1
+        else:
+            task_id, image = self.tasks[self.next_task]
+            self.next_task += 1
+            annotation = self.annotator.annotate(task_id, self.truth[image])
+            self.annotations.append(annotation)
+            self.image_of[annotation] = image
+            spool_event(self.events_dir, {"action": "ANNOTATION_CREATED", "annotation": {"id": annotation}})
+            self.actions["create"] += 1
+
+    @contextmanager
+    def working(self, at_most: int = 12):
+        """Acting in the background, WHILE the body (a collect) runs; at least one action."""
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for _ in range(at_most):
+                    self.act()
+                    if stop.wait(0.15):
+                        return
+            except BaseException as exc:  # surfaced in the test thread below
+                errors.append(exc)
+
+        thread = threading.Thread(target=work, name="annotators")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(60)
+        assert not errors, errors
+
+
+@pytest.mark.parametrize("overlap_s", [300.0, 2.0], ids=["lookback-300s", "lookback-2s"])
+def test_sigkill_at_every_collect_point_loses_and_duplicates_nothing(ls_settings, tmp_path, overlap_s):
+    settings = ls_settings(f"exactly-once-{overlap_s:.0f}", collect_overlap_s=overlap_s)
     loop = Loop(settings)
     loop.init(starter="digits")
     project = loop.connect()
-    gateway, annotator = loop.gateway, SimulatedAnnotator(loop.gateway)
-    truth = digits_truth()
-    tasks = sorted(loop.state.tasks().items())  # (task id, image) of the pool
-    annotations: list[int] = []
-    cursor = 0
+    gateway = loop.gateway
+    people = Annotators(SimulatedAnnotator(gateway), sorted(loop.state.tasks().items()), settings.events_dir,
+                        seed=int(overlap_s))
     assert len(COLLECT_POINTS) >= 20
 
     for step, point in enumerate(COLLECT_POINTS):
-        # What annotators do meanwhile: two new labels, every third step a relabel, every
-        # fourth a deletion (Label Studio's webhook event spooled as the service does).
-        for _ in range(2):
-            task_id, image = tasks[cursor]
-            cursor += 1
-            annotations.append(annotator.annotate(task_id, truth[image]))
-        if step % 3 == 2:
-            annotator.update_annotation(annotations[step], "0" if truth[tasks[step][1]] != "0" else "1")
-        if step % 4 == 3:
-            victim = annotations.pop(1)
-            annotator.delete_annotation(victim)
-            spool_event(settings.events_dir, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": victim}]})
-        spool_event(settings.events_dir, {"action": "ANNOTATION_CREATED", "annotation": {"id": annotations[-1]}})
-
-        killed = collect_process(settings, kill_at=point)
+        with people.working():  # annotators create, relabel and delete while it collects
+            killed = collect_process(settings, kill_at=point)
         assert killed.returncode == -signal.SIGKILL, (point, killed.returncode, killed.stderr[-1500:])
         if step % 2:
             continue  # every other crash is followed by another crash before a clean run
@@ -92,7 +141,8 @@ def test_sigkill_at_every_collect_point_loses_and_duplicates_nothing(ls_settings
         a.id: (t.image_name, a.label, a.updated_at)
         for t in gateway.tasks_updated_since(project, None) for a in t.annotations if not a.was_cancelled
     }
-    assert set(in_label_studio) == set(annotations)
+    assert set(in_label_studio) == set(people.annotations)
+    assert min(people.actions.values()) > 0 and len(people.actions) == 3, people.actions
     events = labels_from_remote(loop.workspace.root, tmp_path)
     current = {e.annotation_id: (e.image, e.label) for e in current_annotations(events).values()
                if e.annotation_id is not None}

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from loop.stack import ServiceServer
+from loop.stack import ServiceServer, free_port
 from kernel.layout import METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
-from serving import PromotionRecord, write_promotion
+from serving import PredictionClient, PromotionRecord, write_promotion
 from tests.conftest import make_settings
 from tests.helpers.images import png_bytes, png_with_header
 
@@ -457,3 +457,56 @@ def test_hot_swap_under_load_fails_nothing_and_every_worker_converges(promoted, 
     assert set(later) == {second_tag}
     assert server._proc.pid == pid_before and server.running
     print(f"{len(answers)} requests during the swap, none failed")
+
+
+# --- Label Studio's view of failures (issue 12.4) -----------------------------------------
+def test_setup_fails_naming_the_setting_when_label_studio_cannot_be_reached(promoted):
+    """Label Studio names itself in `hostname`: the service proves it can fetch from the
+    Label Studio it uses (here the configured URL, where nothing listens) or says why."""
+    settings, server, _ = promoted
+    told = f"http://127.0.0.1:{free_port()}"
+    r = httpx.post(f"{server.url}/setup", json={"project": "1.1", "schema": label_config(), "hostname": told,
+                                                "access_token": "project-token"})
+    assert r.status_code == 502, r.text
+    detail = r.json()["detail"]
+    assert f"cannot reach Label Studio at {settings.label_studio_url} (Label Studio calls itself {told})" in detail
+    assert "LABELLOOP_LABEL_STUDIO_URL" in detail and "project-token" not in detail
+    not_a_url = httpx.post(f"{server.url}/setup", json={"schema": label_config(), "hostname": "ls.example"})
+    assert not_a_url.status_code == 422 and "http(s) URL" in not_a_url.json()["detail"]
+
+
+def test_predict_whose_images_all_fail_names_the_cause_instead_of_empty_results(promoted):
+    settings, server, _ = promoted
+    client = PredictionClient(server.url)
+    before = client.image_fetch_failures() or {}
+    tasks = [{"id": 40 + i, "data": {"image": f"/data/local-files/?d=not-here/{i}.png"}} for i in range(3)]
+    r = httpx.post(f"{server.url}/predict", json={"tasks": tasks, "project": "1.1", "label_config": label_config()})
+    assert r.status_code == 502, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("could not fetch any task image of this request (3 of 3 tasks): cannot fetch "
+                             "/data/local-files/?d=not-here/"), detail
+    assert settings.label_studio_url in detail and "LABELLOOP_LABEL_STUDIO_URL" in detail
+    after = client.image_fetch_failures()
+    assert after is not None and after["fetch"] - before.get("fetch", 0) == 3  # what `labelloop status` shows
+    unusable = httpx.post(f"{server.url}/predict", json={"tasks": [{"id": 1, "data": {"text": "no image"}}]})
+    assert unusable.status_code == 400 and "no task of this request has a usable image" in unusable.json()["detail"]
+
+
+def test_local_files_under_the_shared_root_are_read_directly_and_confined(promoted, trained):
+    """No Label Studio runs for this service: the answers come from its document root (the
+    workspace, as LABELLOOP_LABEL_STUDIO_FILES_ROOT is unset), and a `d=` that leaves it is refused."""
+    settings, server, _ = promoted
+    loop, _ = trained
+    client = PredictionClient(server.url)
+    refused_before = (client.image_fetch_failures() or {}).get("outside_root", 0)
+    paths = [loop.workspace.image_path(n).relative_to(settings.files_root) for n in loop.workspace.pool_images()[:3]]
+    tasks = [{"id": i, "data": {"image": f"/data/local-files/?d={p}"}} for i, p in enumerate(paths)]
+    escape = {"id": 9, "data": {"image": f"/data/local-files/?d={paths[0].parent}/{'../' * len(paths[0].parts)}etc/passwd"}}
+    r = httpx.post(f"{server.url}/predict", json={"tasks": [*tasks, escape], "label_config": label_config()})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert all(res["result"][0]["value"]["choices"][0] in CLASSES for res in results[:3])
+    assert results[3]["result"] == []  # one refused among usable ones: an empty result
+    alone = httpx.post(f"{server.url}/predict", json={"tasks": [escape], "label_config": label_config()})
+    assert alone.status_code == 400 and "outside Label Studio's document root" in alone.json()["detail"]
+    assert client.image_fetch_failures()["outside_root"] - refused_before == 2
