@@ -13,13 +13,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from kernel.errors import ConfigError
 
 __all__ = [
     "CONFIG_FILE_ENV",
@@ -255,8 +257,17 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: object) -> "Settings":
-        """Read the settings once; relative paths become absolute (processes change cwd)."""
-        settings = cls(**overrides)
+        """Read the settings once; relative paths become absolute (processes change cwd).
+        An invalid value is a ConfigError naming its variable, never a validation traceback."""
+        try:
+            settings = cls(**overrides)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"LABELLOOP_{str(err['loc'][0]).upper()}={err.get('input')!r}: {err['msg'].lower()}"
+                if err["loc"] else err["msg"] for err in exc.errors(include_url=False)
+            )
+            raise ConfigError(f"invalid setting ({problems}); fix the environment variable or "
+                              f"{os.environ.get(CONFIG_FILE_ENV, 'labelloop.yaml')}") from None
         return settings.model_copy(
             update={
                 "home": settings.home.expanduser().resolve(),

@@ -30,3 +30,14 @@ def test_token_of_the_managed_label_studio_is_found_without_configuration(tmp_pa
     assert settings.label_studio_token() == "managed-token"
     configured = Settings.load(home=tmp_path, label_studio_api_key=SecretStr("configured"))
     assert configured.label_studio_token() == "configured"
+
+
+def test_an_invalid_value_is_a_config_error_naming_its_variable(tmp_path, monkeypatch):
+    import pytest
+
+    from kernel.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LABELLOOP_SERVICE_PORT", "abc")
+    with pytest.raises(ConfigError, match=r"LABELLOOP_SERVICE_PORT='abc': .*integer.*labelloop.yaml"):
+        Settings.load()
