@@ -24,7 +24,7 @@ import psutil
 
 from kernel.errors import ConfigError, LabelloopError
 from kernel.settings import Settings
-from loop.supervisor import LOCK_HELD_EXIT, supervised
+from loop.supervisor import LOCK_HELD_EXIT, end_processes, supervised
 from serving.client import PredictionClient
 
 __all__ = ["ManagedProcess", "LabelStudioServer", "ServiceServer", "StackLock", "free_port", "require_free_port"]
@@ -277,14 +277,4 @@ class StackLock:
                 tree = [proc, *proc.children(recursive=True)]
             except psutil.Error:
                 continue
-            for p in tree:
-                try:
-                    p.terminate()
-                except psutil.Error:
-                    pass
-            _, alive = psutil.wait_procs(tree, timeout=15)
-            for p in alive:
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
+            end_processes(tree, grace_s=15)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["supervised", "main", "LOCK_HELD_EXIT"]
+__all__ = ["supervised", "end_processes", "main", "LOCK_HELD_EXIT"]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -45,25 +45,30 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
-def _end_tree(grace_s: float = 10.0) -> None:
-    """SIGTERM every descendant, SIGKILL those still alive after `grace_s`."""
+def end_processes(procs: list[psutil.Process], grace_s: float = 10.0) -> None:
+    """SIGTERM each, SIGKILL those still alive after `grace_s`."""
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _end_tree() -> None:
+    """End every descendant (adopted orphans included)."""
     me = psutil.Process()
     for _ in range(3):  # a dying worker can fork or orphan one more process: look again
         tree = me.children(recursive=True)
         if not tree:
             return
-        for proc in tree:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=grace_s)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        end_processes(tree)
 
 
 def main(argv: list[str]) -> int:

@@ -92,7 +92,7 @@ def test_kill_9_of_up_leaves_nothing_and_a_restart_comes_up_once(tmp_path):
         second = subprocess.run([sys.executable, "-m", "loop.cli", "up"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 2, second.stderr
-        assert f"already runs" in second.stderr and str(again.pid) in second.stderr
+        assert "already runs" in second.stderr and str(again.pid) in second.stderr
         assert len(_label_studio_processes(data_dir)) == 1
         tree = psutil.Process(again.pid).children(recursive=True)
     finally:
