@@ -189,6 +189,10 @@ class Settings(BaseSettings):
     job_backoff_max_s: float = Field(
         default=600.0, gt=0, description="A failing scheduler job retries with backoff up to this."
     )
+    watch_folder: Path | None = Field(
+        default=None, description="A folder the scheduler syncs into the pool: new images become tasks.",
+    )
+    watch_interval_s: float = Field(default=60.0, gt=0, description="How often the watched folder is synced.")
     #: The default is the active-learning benchmark's winner (fewest labels to 95%, README).
     #: One of `pipelines.strategies.STRATEGIES` (checked where a strategy is built: the
     #: kernel does not know the strategies).

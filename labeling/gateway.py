@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -359,11 +359,15 @@ class LabelStudioGateway:
                 tasks.append(_task(raw))
         return tasks
 
-    def import_images(self, project_id: int, names: Iterable[str], url_prefix: str) -> dict[int, str]:
-        """Import images as tasks, skipping names already imported.
-        Returns every task of the project: {task id: image name}."""
+    def import_images(
+        self, project_id: int, names: Iterable[str], url_prefix: str, *, paths: Mapping[str, str] | None = None,
+    ) -> dict[int, str]:
+        """Import images as tasks (URL: `url_prefix` + the image's path in `paths`, else its
+        name), skipping names already imported. Returns every task of the project:
+        {task id: image name}."""
         tasks = self.task_images(project_id)
         existing = set(tasks.values())
+        paths = paths or {}
         new = [n for n in names if n not in existing]
         for start in range(0, len(new), TASK_IMPORT_CHUNK):
             chunk = new[start : start + TASK_IMPORT_CHUNK]
@@ -371,7 +375,7 @@ class LabelStudioGateway:
                 "import tasks",
                 self._client.projects.import_tasks,
                 id=project_id,
-                request=[{IMAGE_FIELD: f"{url_prefix}{n}", NAME_FIELD: n} for n in chunk],
+                request=[{IMAGE_FIELD: f"{url_prefix}{paths.get(n, n)}", NAME_FIELD: n} for n in chunk],
                 return_task_ids=True,
             )
             ids = getattr(response, "task_ids", None)
@@ -401,6 +405,21 @@ class LabelStudioGateway:
                 request=payload[start : start + PREDICTION_IMPORT_CHUNK],
             )
         return len(payload)
+
+    def delete_task_predictions(self, project_id: int, task_ids: Sequence[int]) -> None:
+        """Remove every prediction of these tasks, in one Data Manager action. Label Studio
+        keeps each prediction it is sent and serves a task by its LOWEST score of the
+        project's model version, so positions re-pushed under a version the tasks already
+        hold must replace the old ones, not join them."""
+        if not task_ids:
+            return
+        from label_studio_sdk.actions.types import PrepareParamsRequestRequestSelectedItemsIncluded
+
+        self._call(
+            "delete stale predictions", self._client.actions.create,
+            id="delete_tasks_predictions", project=project_id,
+            selected_items=PrepareParamsRequestRequestSelectedItemsIncluded(all_=False, included=list(task_ids)),
+        )
 
     def align_queue(self, project_id: int, model_version: str, *, skip_queue: str = "REQUEUE_FOR_OTHERS") -> None:
         """Serve the lowest prediction score first, from predictions of this model version;

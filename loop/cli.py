@@ -37,6 +37,8 @@ from rich.table import Table
 from kernel.errors import LabelloopError, TrainingError
 from kernel.settings import Settings
 from loop.core import Loop
+from loop.imports import ImportReport
+from loop.ingest import classes_from_label_config, parse_classes
 
 if TYPE_CHECKING:
     from loop.stack import StackLock
@@ -80,17 +82,75 @@ def _setup(
 @app.command()
 def init(
     directory: Annotated[Optional[Path], typer.Argument(help="Workspace directory (default: settings)")] = None,
-    starter: Annotated[str, typer.Option(help="Starter dataset")] = "digits",
-    from_folder: Annotated[Optional[Path], typer.Option(help="Import <class>/*.png folders instead")] = None,
+    images: Annotated[Optional[Path], typer.Option(
+        help="A folder of images, unlabeled or not (nested folders; PNG, JPEG, WebP, BMP, TIFF, GIF)")] = None,
+    classes: Annotated[Optional[str], typer.Option(help='With --images: the class names, "cat,dog,bird"')] = None,
+    label_config: Annotated[Optional[Path], typer.Option(
+        help="With --images: take the classes from a Label Studio config (one Image, one Choices tag)")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="With --images: a CSV image,label of labels you have")] = None,
+    labels_from_folders: Annotated[bool, typer.Option(
+        help="With --images: images in a <class>/ folder are labeled with that class")] = False,
+    image_size: Annotated[int, typer.Option(help="Model input size (pixels per side)")] = 8,
+    starter: Annotated[str, typer.Option(help="Starter dataset (labeled, with a test split)")] = "digits",
+    from_folder: Annotated[Optional[Path], typer.Option(
+        help="Labeled <class>/ folders: a held-out test split and seed labels are cut from them")] = None,
     seed_per_class: int = 2,
     test_fraction: float = 0.25,
 ) -> None:
-    """Create the data workspace: git + DVC + remote, params.yaml, dvc.yaml, the dataset."""
+    """Create the data workspace: git + DVC + remote, params.yaml, dvc.yaml, the images."""
     settings = _settings(workspace=directory)
-    ws = Loop(settings).init(starter=starter, folder=from_folder, seed_per_class=seed_per_class,
-                   test_fraction=test_fraction)
-    console.print(f"workspace {ws.root}: {len(ws.events())} seed labels, "
-                  f"{len(ws.pool_images())} pool images, remote {settings.remote_url}")
+    if images is None:
+        if classes or label_config or labels or labels_from_folders:
+            raise typer.BadParameter("--classes, --label-config, --labels and --labels-from-folders go with --images")
+        ws = Loop(settings).init(starter=starter, folder=from_folder, seed_per_class=seed_per_class,
+                                 test_fraction=test_fraction)
+        console.print(f"workspace {ws.root}: {len(ws.events())} seed labels, "
+                      f"{len(ws.pool_images())} pool images, remote {settings.remote_url}")
+        return
+    if (classes is None) == (label_config is None):
+        raise typer.BadParameter('name the classes: --classes "cat,dog,bird" or --label-config FILE')
+    names = parse_classes(classes) if classes is not None else classes_from_label_config(_read(label_config))
+    with _progress() as progress:
+        report = Loop(settings).init_from_images(
+            images, names, labels_csv=labels, labels_from_folders=labels_from_folders, image_size=image_size,
+            progress=progress)
+    _print_import(report)
+    console.print(f"workspace {settings.workspace}: classes {', '.join(names)}; remote {settings.remote_url}. "
+                  "Next: `labelloop up` (or `labelloop connect`) to start labeling")
+
+
+@app.command()
+def add(
+    path: Annotated[Path, typer.Argument(help="A folder (or one file) of new images")],
+    labels: Annotated[Optional[Path], typer.Option(help="A CSV image,label of labels you have")] = None,
+    labels_from_folders: Annotated[bool, typer.Option(
+        help="Images in a <class>/ folder are labeled with that class")] = False,
+) -> None:
+    """Add new images to the pool: one data commit, Label Studio tasks, scored into the queue."""
+    with _progress() as progress:
+        report = Loop(_settings()).add(path, labels_csv=labels, labels_from_folders=labels_from_folders,
+                                       progress=progress)
+    _print_import(report)
+    if report.commit and report.tasks_imported:
+        console.print(f"{report.tasks_imported} new Label Studio tasks; {report.queued} tasks queued")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
+
+
+def _print_import(report: ImportReport) -> None:
+    for skipped in report.skipped[:20]:
+        console.print(f"[yellow]skipped {skipped.source}: {skipped.reason}[/]")
+    if len(report.skipped) > 20:
+        console.print(f"[yellow]... and {len(report.skipped) - 20} more skipped files[/]")
+    if report.commit:
+        console.print(f"{report.batch}: {report.summary} -> {report.commit[:10]} (pushed)")
+    else:
+        console.print(f"nothing new: {report.summary}")
 
 
 @app.command()
@@ -161,7 +221,18 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         console.print_json(json.dumps(payload, default=str))
         return
     console.print(f"workspace      {st.workspace} @ {st.data_commit[:10]} (batch {st.label_batch})")
-    console.print(f"labels         {st.labels} ({st.labels_pending_training} since last training)")
+    console.print(f"labels         {st.labels}: {st.training_labels} for training, "
+                  f"{st.labels - st.training_labels} for evaluation ({st.labels_pending_training} since last training)")
+    if st.evaluation:
+        ev = st.evaluation
+        state = "judges the runs" if ev.ready else "still needs " + "; ".join(ev.missing) + \
+            " (until then: cross-validation judges)"
+        if not ev.ready and ev.labels >= ev.images:
+            state += ("; every evaluation image is labeled: lower eval.min_per_class in params.yaml, or raise "
+                      "eval.fraction and `labelloop add` images")
+        console.print(f"evaluation set {ev.labels} of {ev.images} images labeled; {state}")
+    if st.missing_for_first_model:
+        console.print("[yellow]first model    waits for labels: " + "; ".join(st.missing_for_first_model) + "[/]")
     console.print(f"last collect   {st.last_collect or 'never'}"
                   + (f" -> {st.last_collect_commit[:10]}" if st.last_collect_commit else ""))
     if st.unpushed_commit:
@@ -189,10 +260,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(st.image_fetch_failures.items()))
         console.print(f"[yellow]fetch failures {sum(st.image_fetch_failures.values())} task images since the "
                       f"service started ({reasons}); its log names each cause[/]")
-    table = Table("run", "status", "trigger", "labels", "accuracy", "reason")
+    table = Table("run", "status", "trigger", "labels", "accuracy", "judged by", "reason")
     for r in st.runs:
+        judged = f"{r.judged_by} ({r.n_judged})" if r.judged_by else "-"
         table.add_row(r.run_id, r.status, r.trigger, str(r.n_labels or "-"),
-                      f"{r.accuracy:.4f}" if r.accuracy is not None else "-", r.reason)
+                      f"{r.accuracy:.4f}" if r.accuracy is not None else "-", judged, r.reason)
     console.print(table)
     for job, error in st.errors.items():
         console.print(f"[red]{job}: {error}[/]")
@@ -289,13 +361,14 @@ def schedule() -> None:
 
 @app.command()
 def demo(
-    rounds: int = 3,
+    rounds: int = 5,
     per_round: Annotated[int, typer.Option(help="Tasks the simulated annotator labels per round")] = 30,
+    first_round: Annotated[int, typer.Option(help="Tasks labeled in the first round (the cold start)")] = 50,
 ) -> None:
-    """The whole loop on the digits starter with a simulated annotator, then stop."""
+    """The whole loop from scratch on the digits images (no labels) with a simulated annotator, then stop."""
     from loop.demo import run_demo
 
-    run_demo(_settings(), rounds=rounds, per_round=per_round, console=console)
+    run_demo(_settings(), rounds=rounds, per_round=per_round, first_round=first_round, console=console)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,9 @@ Label Studio gateway (built on first use), the crash points and the workspace lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from filelock import FileLock
 
 from kernel.errors import ConfigError, WorkspaceError
@@ -58,13 +61,18 @@ class LoopContext:
         self.state.set_marks(project_id=project)
         return project
 
-    def push_if_needed(self) -> None:
-        """`dvc push` + `git push` of HEAD unless the state says it is in the remote already."""
+    def push_if_needed(self, new_outputs: Sequence[Path] | None = None) -> None:
+        """`dvc push` of HEAD unless the state says it is in the remote already. With
+        `new_outputs` (the `.dvc` files HEAD added) and its parent pushed, only those: a
+        push of every output costs the whole dataset (DVC checks each file)."""
         head = self.workspace.head()
-        if self.state.marks().pushed_commit == head:
+        pushed = self.state.marks().pushed_commit
+        if pushed == head:
             return
+        if new_outputs and pushed != self.workspace.git("rev-parse", "HEAD~1"):
+            new_outputs = None  # older commits are not pushed either: push everything
         self.checkpoint("push:begin")
-        self.workspace.push()
+        self.workspace.push(new_outputs)
         self.checkpoint("push:pushed")
         self.state.set_marks(pushed_commit=head)
         self.checkpoint("push:recorded")

@@ -1,6 +1,7 @@
 """`Loop`: the one entry point the CLI, the scheduler and the demo call. It owns no logic:
 each method hands the work to the part with that one job.
 
+init/add  `loop.provision`: images -> one data commit per import batch -> Label Studio tasks
 collect   `Collection`: Label Studio annotations -> label shard -> one git commit -> dvc push
 train     `TrainingRuns`: data commit -> launcher (dvc repro) -> evaluation gate -> promotion
 rescore   `QueueKeeper`: promoted model -> pool predictions -> Label Studio's queue order
@@ -10,20 +11,23 @@ status    `status_report`
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
-from kernel.errors import LabelloopError, TrainingBusyError
+from kernel.errors import ConfigError, LabelloopError, TrainingBusyError
 from kernel.settings import Settings
 from labeling import LabelStudioGateway
 from loop.collection import Collection, CollectResult
 from loop.context import LoopContext
 from loop.launchers import Launcher, make_launcher
-from loop.provision import connect_project, create_workspace
+from loop.imports import ImportReport
+from loop.provision import add_images, connect_project, create_workspace, create_workspace_from_images
 from loop.queue import Progress, QueueKeeper
 from loop.state import RunRecord, StateStore
 from loop.status import LoopStatus, status_report
 from loop.training import TRAINING_LEASE, TrainingRuns
 from loop.workspace import Workspace
+from pipelines.params import EvalParams
 from pipelines.strategies import get_strategy
 
 __all__ = ["Loop", "CollectResult", "LoopStatus"]
@@ -41,6 +45,8 @@ class Loop:
         self.training = TrainingRuns(self.context, launcher or make_launcher(settings))
         self.queue = QueueKeeper(self.context, get_strategy(settings.query_strategy))
         self.collection = Collection(self.context, on_training_requested=self.training.request)
+        #: Files of the watched folder already imported, with the (size, mtime) they had.
+        self._watched: dict[str, tuple[int, int]] = {}
 
     @property
     def workspace(self) -> Workspace:  # replaced by `init`
@@ -55,15 +61,50 @@ class Loop:
              seed_per_class: int = 2, test_fraction: float = 0.25) -> Workspace:
         self.context.workspace = create_workspace(
             self.settings, starter=starter, folder=folder, seed_per_class=seed_per_class, test_fraction=test_fraction)
+        self.state.set_marks(pushed_commit=self.context.workspace.head())  # creation pushes
         return self.context.workspace
+
+    def init_from_images(
+        self, folder: Path, classes: Sequence[str], *, labels_csv: Path | None = None,
+        labels_from_folders: bool = False, image_size: int = 8, evaluation: EvalParams | None = None,
+        progress: Progress | None = None,
+    ) -> ImportReport:
+        """A workspace from a folder of unlabeled images (`labelloop init --images`)."""
+        self.context.workspace, report = create_workspace_from_images(
+            self.settings, folder, classes, labels_csv=labels_csv, labels_from_folders=labels_from_folders,
+            image_size=image_size, evaluation=evaluation, progress=progress)
+        self.state.set_marks(pushed_commit=report.commit)  # creation pushes
+        return report
+
+    def add(self, folder: Path, *, labels_csv: Path | None = None, labels_from_folders: bool = False,
+            progress: Progress | None = None) -> ImportReport:
+        """New images -> one data commit -> Label Studio tasks -> scored into the queue."""
+        return add_images(self.context, self.queue, folder, labels_csv=labels_csv,
+                          labels_from_folders=labels_from_folders, progress=progress)
+
+    def sync_watched_folder(self) -> ImportReport | None:
+        """The scheduler's `watch` job: files already seen unchanged by this process are not
+        read again, so a sync costs the new files (the first sync after a start reads all)."""
+        folder = self.settings.watch_folder
+        if folder is None:
+            return None
+        if not folder.is_dir():
+            raise ConfigError(f"the watched folder {folder} (LABELLOOP_WATCH_FOLDER) is not a directory")
+        report = add_images(self.context, self.queue, folder, seen=self._watched)
+        if report.commit:
+            log.info("watched folder %s: %s", folder, report.summary)
+        return report
 
     def connect(self) -> int:
         return connect_project(self.context, self.queue)
 
     def collect(self, *, full: bool = False) -> CollectResult:
-        """Collect (one commit, pushed), then re-queue disagreements for review."""
+        """Collect (one commit, pushed), then re-queue disagreements for review, and move the
+        evaluation tasks to the end of the queue once the set is large enough."""
         result = self.collection.collect(full=full)
         self.queue.requeue_disagreements()
+        if result.commit:
+            self.queue.settle_evaluation()
         return result
 
     def process_events(self) -> bool:
@@ -110,4 +151,5 @@ class Loop:
     def status(self) -> LoopStatus:
         lease = self.state.lease_holder(TRAINING_LEASE)
         return status_report(self.context, labels_pending_training=self.training.labels_pending_training(),
-                             training_in_progress=lease[0] if lease else None)
+                             training_in_progress=lease[0] if lease else None,
+                             missing_for_first_model=self.training.missing_for_first_model())

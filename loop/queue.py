@@ -17,11 +17,12 @@ from kernel.errors import ServiceUnavailableError
 from labeling import TaskPrediction
 from loop.context import LoopContext
 from pipelines.images import decode_image, preprocess
-from pipelines.labels import current_annotations, held_back, labels_by_image
+from pipelines.labels import current_annotations, held_back
+from pipelines.pool import eval_order_key
 from pipelines.strategies import BatchQueryStrategy, QueryStrategy, cold_start_order, order_to_scores
 from serving import ImagePrediction, PredictionClient, read_promotion
 
-__all__ = ["QueueKeeper", "COLD_START_VERSION", "REVIEW_SCORE", "Progress"]
+__all__ = ["QueueKeeper", "COLD_START_VERSION", "REVIEW_SCORE", "Progress", "interleave_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,23 @@ COLD_START_VERSION = "cold-start"
 #: are > 0 (`order_to_scores`), so a task re-queued for review at 0 goes first.
 REVIEW_SCORE = 0.0
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+#: After every pool task: the end of the queue (Label Studio keeps scores in [0, 1]).
+END_SCORE = 1.0
+
+
+def interleave_scores(pool_scores: list[float], n: int, *, every: int | None) -> list[float]:
+    """Queue scores for `n` tasks to serve among pool tasks scored `pool_scores` (lowest
+    first): the j-th after the (j+1)*(every-1)-th pool task, so one task in every `every`;
+    with `every` None, or past the pool's end, after every pool task."""
+    ordered = sorted(pool_scores)
+    out = []
+    for j in range(n):
+        k = (j + 1) * (every - 1) if every else len(ordered)
+        if k >= len(ordered):
+            out.append(END_SCORE)
+        else:  # between the k-th and the (k+1)-th pool task
+            out.append((ordered[k - 1] + ordered[k]) / 2)
+    return out
 
 
 class QueueKeeper:
@@ -63,7 +81,7 @@ class QueueKeeper:
                 f"(it serves {client.serving_version()}): check its log, then run `labelloop rescore`")
         started = time.perf_counter()
         project = ctx.project_id()
-        tasks = self._unlabeled_tasks(project)
+        tasks, eval_tasks = self._unlabeled_tasks(project)
         done = 0
 
         def on_batch(n: int) -> None:
@@ -83,10 +101,11 @@ class QueueKeeper:
         if stale:  # the service swapped again mid-way: the next promotion re-scores
             log.warning("pool scored partly by %s; skipping push", stale)
             return 0
+        self._replace_positions(project, tag, tasks + eval_tasks)
         pushed = ctx.gateway.push_predictions(project, [
             TaskPrediction(task_id=task_id, label=p.label, score=score, model_version=p.model_version)
             for (task_id, _), p, score in zip(tasks, preds, scores, strict=True)
-        ])
+        ] + self._eval_positions(eval_tasks, scores, tag))
         self._align(project, tag)
         ctx.state.set_marks(rescored_version=tag, rescored_tasks=pushed)
         ctx.state.set_job_error("rescore", None)
@@ -100,20 +119,74 @@ class QueueKeeper:
         ctx = self.ctx
         ws = ctx.require_workspace()
         project = ctx.project_id()
-        tasks = self._unlabeled_tasks(project)
-        if not tasks:
+        tasks, eval_tasks = self._unlabeled_tasks(project)
+        if not tasks and not eval_tasks:
             return 0
         started = time.perf_counter()
         size = ws.params().data.image_size
-        pixels = preprocess([decode_image(ws.image_path(name)) for _, name in tasks], size)
-        order = cold_start_order(pixels.reshape(len(tasks), -1), head=ctx.settings.cold_start_diverse)
+        scores: list[float] = []
+        if tasks:
+            pixels = preprocess([decode_image(ws.image_path(name)) for _, name in tasks], size)
+            order = cold_start_order(pixels.reshape(len(tasks), -1), head=ctx.settings.cold_start_diverse)
+            scores = [float(s) for s in order_to_scores(order)]
+        self._replace_positions(project, COLD_START_VERSION, tasks + eval_tasks)
         pushed = ctx.gateway.push_predictions(project, [
-            TaskPrediction(task_id=task_id, label=None, score=float(score), model_version=COLD_START_VERSION)
-            for (task_id, _), score in zip(tasks, order_to_scores(order), strict=True)
-        ])
+            TaskPrediction(task_id=task_id, label=None, score=score, model_version=COLD_START_VERSION)
+            for (task_id, _), score in zip(tasks, scores, strict=True)
+        ] + self._eval_positions(eval_tasks, scores, COLD_START_VERSION))
         self._align(project, COLD_START_VERSION)
         log.info("cold start: %d pool tasks queued in a diversity order in %.1fs",
                  pushed, time.perf_counter() - started)
+        return pushed
+
+    def _replace_positions(self, project: int, version: str, tasks: list[tuple[int, str]]) -> None:
+        """The version the queue follows, pushed again (`add`, the watched folder, another
+        `labelloop rescore`, cold start after an import): these tasks' old predictions go
+        first. Label Studio keeps every prediction it is sent and serves a task by its lowest
+        score of the version, so old positions would outrank the new ones (and the table
+        would grow by the pool at every sync)."""
+        if version == self.ctx.state.marks().queue_version:
+            self.ctx.gateway.delete_task_predictions(project, [task_id for task_id, _ in tasks])
+
+    def _eval_positions(self, eval_tasks: list[tuple[int, str]], pool_scores: list[float],
+                        version: str) -> list[TaskPrediction]:
+        """Evaluation tasks in a seeded random order (so the labeled part stays a uniform
+        sample), one in every `eval.every` tasks while the set is too small to judge, after
+        the pool once it is large enough. Positions only: no pre-label to anchor the
+        annotator on the labels that judge the model."""
+        if not eval_tasks:
+            return []
+        ws = self.ctx.workspace
+        params = ws.params()
+        # A stable seeded key per image, not a shuffle of what is left: re-scoring must not
+        # bunch the labeled part into one stretch of the sample (a shuffle of a shrinking
+        # list with one seed keeps nearly the same order, so labels went in import order).
+        shuffled = sorted(eval_tasks, key=lambda task: eval_order_key(task[1], params.evaluation.seed))
+        ready = ws.label_splits().eval_ready
+        scores = interleave_scores(pool_scores, len(shuffled), every=None if ready else params.evaluation.every)
+        self.ctx.state.set_marks(eval_interleaved=not ready)
+        return [TaskPrediction(task_id=task_id, label=None, score=score, model_version=version)
+                for (task_id, _), score in zip(shuffled, scores, strict=True)]
+
+    def settle_evaluation(self) -> int:
+        """Once the evaluation set is large enough, its unlabeled tasks leave the interleave
+        for the end of the queue at once, not at the next re-score (a rejected run re-scores
+        nothing, and annotators would keep labeling evaluation tasks meanwhile)."""
+        ctx = self.ctx
+        marks = ctx.state.marks()
+        if not (marks.eval_interleaved and marks.queue_version and ctx.workspace.exists()):
+            return 0
+        if not ctx.workspace.label_splits().eval_ready:
+            return 0
+        project = ctx.project_id()
+        _, eval_tasks = self._unlabeled_tasks(project)
+        self._replace_positions(project, marks.queue_version, eval_tasks)
+        pushed = ctx.gateway.push_predictions(project, [
+            TaskPrediction(task_id=task_id, label=None, score=END_SCORE, model_version=marks.queue_version)
+            for task_id, _ in eval_tasks
+        ])
+        ctx.state.set_marks(eval_interleaved=False)
+        log.info("the evaluation set is large enough: its %d remaining tasks moved to the end of the queue", pushed)
         return pushed
 
     def requeue_disagreements(self) -> list[int]:
@@ -147,16 +220,19 @@ class QueueKeeper:
         ctx.state.set_review_queue(asked)
         return requeued
 
-    def _unlabeled_tasks(self, project: int) -> list[tuple[int, str]]:
-        """(task id, image) of every pool task the workspace holds no label for, by task id.
+    def _unlabeled_tasks(self, project: int) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+        """(task id, image) of every task the workspace holds no label for, by task id: the
+        pool tasks a strategy may choose from, and the evaluation tasks it never sees.
         Our own task map: listing 10k tasks from Label Studio costs seconds per thousand."""
         ws = self.ctx.workspace
         task_images = self.ctx.state.tasks() or self.ctx.gateway.task_images(project)
         labeled = set(ws.annotations_by_task())
-        return [
+        evaluation = ws.eval_images()
+        unlabeled = [
             (task_id, name) for task_id, name in sorted(task_images.items())
             if task_id not in labeled and ws.image_path(name).exists()
         ]
+        return [t for t in unlabeled if t[1] not in evaluation], [t for t in unlabeled if t[1] in evaluation]
 
     def _align(self, project: int, version: str) -> None:
         """Tasks re-queued for review get the top score of this version; then the project
@@ -178,7 +254,7 @@ class QueueKeeper:
         together, in the model's embedding space, away from what is labeled."""
         ws = self.ctx.workspace
         assert isinstance(self.strategy, BatchQueryStrategy)
-        labeled = [ws.image_path(name) for name in labels_by_image(ws.events(), ws.params().data.label_policy)]
+        labeled = [ws.image_path(name) for name in ws.label_splits().train]
         labeled_embeddings = np.array([p.embedding for p in client.classify_files(
             [path for path in labeled if path.exists()], with_embeddings=True)], dtype=np.float32)
         classes = list(preds[0].probabilities)

@@ -11,7 +11,10 @@ or `collect_interval_s` has passed.
 
 Every way to ask for training goes through one queue: the label-count policy, a
 `START_TRAINING` webhook and the optional cron schedule only mark a run as due; the one
-`retrain` job starts it (and the training lease keeps it to one at a time)."""
+`retrain` job starts it (and the training lease keeps it to one at a time).
+
+With `watch_folder` set, a `watch` job adds the folder's new images to the pool (one data
+commit per sync that found any), imports them as tasks and queues them."""
 
 from __future__ import annotations
 
@@ -96,6 +99,12 @@ def build_scheduler(loop: Loop) -> BackgroundScheduler:
     scheduler.add_job(guarded("retrain", loop.retrain_if_due, settings.retrain_interval_s,
                               lambda t: t + timedelta(seconds=settings.retrain_interval_s)),
                       "interval", seconds=settings.retrain_interval_s, id="retrain", name="retrain if due")
+    if settings.watch_folder is not None:
+        scheduler.add_job(guarded("watch", loop.sync_watched_folder, settings.watch_interval_s,
+                                  lambda t: t + timedelta(seconds=settings.watch_interval_s)),
+                          "interval", seconds=settings.watch_interval_s, id="watch", name="sync the watched folder",
+                          next_run_time=now)
+        record("watch", now)
     if cron is not None:
         scheduler.add_job(guarded("cron", lambda: loop.request_training("schedule"), 60.0,
                                   lambda t: cron.get_next_fire_time(None, t)),

@@ -24,6 +24,10 @@ class StarterImage:
     label: str
     png: bytes
 
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.png).hexdigest()
+
 
 def _digit_name(index: int) -> str:
     return f"digit-{index:04d}.png"

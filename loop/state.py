@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS runs (
     model_tag TEXT,
     accuracy REAL,
     started_at TEXT NOT NULL,
-    finished_at TEXT
+    finished_at TEXT,
+    judged_by TEXT,                -- test | eval | cv: the set whose accuracy the gate used
+    n_judged INTEGER               -- how many labels that set held
 );
 CREATE TABLE IF NOT EXISTS marks (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -43,6 +45,7 @@ CREATE TABLE IF NOT EXISTS marks (
     pushed_commit TEXT,
     training_requested INTEGER NOT NULL DEFAULT 0,
     queue_version TEXT,
+    eval_interleaved INTEGER NOT NULL DEFAULT 0,
     queue_view INTEGER,
     rescored_version TEXT,
     rescored_tasks INTEGER
@@ -82,6 +85,7 @@ class LoopMarks:
     pushed_commit: str | None = None  # the newest data commit known to be in the DVC remote
     training_requested: bool = False  # START_TRAINING, a schedule or a person queued a run
     queue_version: str | None = None  # the model version Label Studio's queue follows
+    eval_interleaved: bool = False  # evaluation tasks sit among the pool's (the set is not ready)
     queue_view: int | None = None  # the Data Manager tab "labelloop queue"
     rescored_version: str | None = None  # the model the pool was last re-scored with
     rescored_tasks: int | None = None
@@ -103,6 +107,8 @@ class RunRecord:
     accuracy: float | None
     started_at: str
     finished_at: str | None
+    judged_by: str | None = None  # test | eval | cv (pipelines.prepare)
+    n_judged: int | None = None  # labels in the set that judged it
 
 
 class StateStore:
@@ -112,6 +118,8 @@ class StateStore:
         with self._db() as db:
             db.executescript(SCHEMA)
             _migrate_kv(db)
+            _add_missing_columns(db, "runs", {"judged_by": "TEXT", "n_judged": "INTEGER"})
+            _add_missing_columns(db, "marks", {"eval_interleaved": "INTEGER NOT NULL DEFAULT 0"})
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -133,7 +141,8 @@ class StateStore:
         with self._db() as db:
             row = db.execute(f"SELECT {', '.join(_MARKS)} FROM marks WHERE id = 1").fetchone()
         values = dict(zip(_MARKS, row))
-        values["training_requested"] = bool(values["training_requested"])
+        for flag in ("training_requested", "eval_interleaved"):
+            values[flag] = bool(values[flag])
         return LoopMarks(**values)
 
     def set_marks(self, **changes: object) -> None:
@@ -216,12 +225,13 @@ class StateStore:
     def finish_run(
         self, run_id: str, status: str, reason: str, *,
         model_tag: str | None = None, accuracy: float | None = None, n_labels: int | None = None,
+        judged_by: str | None = None, n_judged: int | None = None,
     ) -> None:
         with self._db() as db:
             db.execute(
                 "UPDATE runs SET status = ?, reason = ?, model_tag = ?, accuracy = ?, n_labels = ?, "
-                "finished_at = ? WHERE run_id = ?",
-                (status, reason, model_tag, accuracy, n_labels, utcnow(), run_id),
+                "judged_by = ?, n_judged = ?, finished_at = ? WHERE run_id = ?",
+                (status, reason, model_tag, accuracy, n_labels, judged_by, n_judged, utcnow(), run_id),
             )
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
@@ -280,6 +290,14 @@ class StateStore:
         if row is None or row[1] <= time.time():
             return None
         return row[0], row[1] - time.time()
+
+
+def _add_missing_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Columns a later version added (CREATE TABLE IF NOT EXISTS keeps an old table as is)."""
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def _migrate_kv(db: sqlite3.Connection) -> None:

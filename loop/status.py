@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from loop.context import LoopContext
@@ -9,10 +10,45 @@ from loop.state import RunRecord
 from pipelines.labels import held_back, labels_by_image
 from serving import PredictionClient, PromotionRecord, read_promotion
 
-__all__ = ["LoopStatus", "status_report"]
+__all__ = ["LoopStatus", "EvaluationProgress", "status_report"]
 
 
-def status_report(ctx: LoopContext, *, labels_pending_training: int, training_in_progress: str | None) -> LoopStatus:
+@dataclass(frozen=True)
+class EvaluationProgress:
+    """The evaluation sample annotators label (absent when a labeled test set judges)."""
+
+    images: int  # reserved for evaluation
+    labels: int  # labeled so far
+    min_labels: int
+    per_class: dict[str, int]
+    min_per_class: int
+    ready: bool  # large enough: it judges the runs (before: cross-validation)
+
+    @property
+    def missing(self) -> list[str]:
+        short = [f"class {c!r}: {n} of {self.min_per_class}" for c, n in self.per_class.items() if n < self.min_per_class]
+        total = [] if self.labels >= self.min_labels else [f"{self.labels} of {self.min_labels} labels"]
+        return total + short
+
+
+def _evaluation(ws) -> EvaluationProgress | None:
+    images = ws.eval_images()
+    if not images or ws.has_test_split():
+        return None
+    params, splits = ws.params(), ws.label_splits()
+    counts = Counter(splits.evaluation.values())
+    return EvaluationProgress(
+        images=len(images), labels=len(splits.evaluation),
+        per_class={c: counts[c] for c in params.data.classes}, min_per_class=params.evaluation.min_per_class,
+        min_labels=min(params.evaluation.min_labels, len(images)),
+        ready=splits.eval_ready,
+    )
+
+
+def status_report(
+    ctx: LoopContext, *, labels_pending_training: int, training_in_progress: str | None,
+    missing_for_first_model: list[str],
+) -> LoopStatus:
     ws = ctx.require_workspace()
     state = ctx.state
     marks = state.marks()
@@ -28,6 +64,9 @@ def status_report(ctx: LoopContext, *, labels_pending_training: int, training_in
         data_commit=head,
         label_batch=ws.cursor().batch,
         labels=len(labels_by_image(events, policy)),
+        training_labels=len(ws.label_splits().train),
+        evaluation=_evaluation(ws),
+        missing_for_first_model=missing_for_first_model if read_promotion(ctx.settings.promotion_file) is None else [],
         labels_pending_training=labels_pending_training,
         serving=read_promotion(ctx.settings.promotion_file),
         service_version=service_version,
@@ -72,3 +111,7 @@ class LoopStatus:
     errors: dict[str, str] = field(default_factory=dict)  # job -> its last failure, until it succeeds
     # Label Studio task images the service could not fetch or use since it started, by reason.
     image_fetch_failures: dict[str, int] = field(default_factory=dict)
+    training_labels: int = 0  # labels the model trains on (the evaluation sample's are not)
+    evaluation: EvaluationProgress | None = None
+    # No model yet: what the first one still needs ("class 'bird': 0 of 2 labels").
+    missing_for_first_model: list[str] = field(default_factory=list)

@@ -8,14 +8,17 @@ import os
 import secrets
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from kernel.errors import TrainingBusyError
+import httpx
+
+from kernel.errors import LabelloopError, ServiceUnavailableError, TrainingBusyError
 from loop.context import LoopContext
-from loop.launchers import Launcher, TrainingRequest
+from loop.launchers import Launcher, TrainingRequest, TrainingResult
 from loop.state import RunRecord
-from serving import PromotionRecord, read_promotion, write_promotion
+from serving import PredictionClient, PromotionRecord, read_promotion, write_promotion
 
 __all__ = ["TrainingRuns", "TRAINING_LEASE", "LEASE_TTL_S"]
 
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 #: its holder renews while training; a crashed holder's lease runs out after LEASE_TTL_S.
 TRAINING_LEASE = "training"
 LEASE_TTL_S = 60.0
+JUDGED_BY = {"test": "your test set", "eval": "the evaluation set", "cv": "cross-validation"}
 
 
 class _Heartbeat:
@@ -61,6 +65,15 @@ class TrainingRuns:
         last = self.ctx.state.last_finished_run()
         return self.ctx.workspace.labels_in_batches_after(last.label_batch if last else 0)
 
+    def missing_for_first_model(self) -> list[str]:
+        """What the cold start still needs: "class 'bird': 0 of 2 labels" for every class with
+        fewer than `train.min_per_class` training labels (evaluation labels do not count)."""
+        ws = self.ctx.workspace
+        params = ws.params()
+        counts = Counter(ws.label_splits().train.values())
+        need = params.train.min_per_class
+        return [f"class {c!r}: {counts[c]} of {need} labels" for c in params.data.classes if counts[c] < need]
+
     def request(self, reason: str = "requested") -> None:
         """Queue a training run (START_TRAINING, a schedule, a person): the retrain job starts it."""
         self.ctx.state.set_marks(training_requested=True)
@@ -72,7 +85,7 @@ class TrainingRuns:
         if state.marks().training_requested:
             return "requested"
         if read_promotion(self.ctx.settings.promotion_file) is None and not state.runs(1):
-            return "first model"
+            return None if self.missing_for_first_model() else "first model"
         pending = self.labels_pending_training()
         if pending >= self.ctx.settings.retrain_min_new_labels:
             return f"{pending} new labels"
@@ -128,20 +141,58 @@ class TrainingRuns:
         ctx.state.start_run(run_id, commit, batch, trigger)
         return run_id, commit
 
-    def _gate(self, run_id: str, commit: str, result) -> None:
-        """Promote only if not worse (held-out accuracy) than the serving model."""
+    def _gate(self, run_id: str, commit: str, result: TrainingResult) -> None:
+        """Promote only if not worse than the serving model, judged on the same set."""
         ctx = self.ctx
         serving = read_promotion(ctx.settings.promotion_file)
-        scored = {"model_tag": result.model_tag, "accuracy": result.accuracy, "n_labels": result.n_labels}
-        if serving is not None and result.accuracy < serving.accuracy:
-            reason = f"accuracy {result.accuracy:.4f} < serving {serving.accuracy:.4f}"
-            ctx.state.finish_run(run_id, "rejected", reason, **scored)
-            log.info("run %s rejected: %s", run_id, reason)
-            return
+        judged_by = result.judged_by or "test"
+        n_judged = len(result.judged_on) if result.judged_on is not None else (result.metrics or {}).get("n_test")
+        scored = {"model_tag": result.model_tag, "accuracy": result.accuracy, "n_labels": result.n_labels,
+                  "judged_by": judged_by, "n_judged": n_judged}
+        on = f"{JUDGED_BY[judged_by]}, {n_judged} labels"
+        if serving is not None and judged_by == "cv" and (result.n_labels or 0) >= (serving.n_labels or 0):
+            # Cross-validation scores of different label sets do not compare (actively chosen
+            # labels are the hard cases, and there are few): before the evaluation set can
+            # judge, a model trained on more labels replaces the one trained on fewer.
+            reason = (f"cross-validation accuracy {result.accuracy:.4f} on {n_judged} labels; not comparable with "
+                      f"the serving model's ({serving.n_labels} labels): promoted for more training labels "
+                      "until the evaluation set can judge")
+        elif serving is not None:
+            baseline, how = self._serving_accuracy(serving, result)
+            if result.accuracy < baseline:
+                reason = f"accuracy {result.accuracy:.4f} < serving {baseline:.4f} ({on}; serving {how})"
+                ctx.state.finish_run(run_id, "rejected", reason, **scored)
+                log.info("run %s rejected: %s", run_id, reason)
+                return
+            reason = f"accuracy {result.accuracy:.4f} >= serving {baseline:.4f} ({on}; serving {how})"
+        else:
+            reason = f"first model (accuracy {result.accuracy:.4f}, {on})"
         write_promotion(ctx.settings.promotion_file, PromotionRecord(
             tag=result.model_tag, accuracy=result.accuracy, data_commit=commit,
-            n_labels=result.n_labels, run_id=run_id,
+            n_labels=result.n_labels, run_id=run_id, judged_by=judged_by, n_judged=n_judged,
         ))
-        reason = "first model" if serving is None else f"accuracy {result.accuracy:.4f} >= {serving.accuracy:.4f}"
         ctx.state.finish_run(run_id, "promoted", reason, **scored)
         log.info("run %s promoted %s (%s)", run_id, result.model_tag, reason)
+
+    def _serving_accuracy(self, serving: PromotionRecord, result: TrainingResult) -> tuple[float, str]:
+        """The serving model's accuracy on the images that judged the candidate. The
+        evaluation sample grows between runs, so the serving model is re-judged on the
+        candidate's labels through the service; the test set is fixed and cross-validation
+        has nothing to re-judge, so their recorded accuracy compares."""
+        if result.judged_by != "eval" or not result.judged_on:
+            return serving.accuracy, f"as recorded ({JUDGED_BY.get(serving.judged_by, serving.judged_by)})"
+        ws = self.ctx.workspace
+        client = PredictionClient.for_settings(self.ctx.settings.serving)
+        try:
+            if client.serving_version() != serving.tag:
+                raise ServiceUnavailableError(f"the service does not serve {serving.tag}")
+            names = sorted(result.judged_on)
+            predictions = client.classify_files([ws.image_path(n) for n in names])
+        except (LabelloopError, httpx.HTTPError, OSError) as exc:
+            log.warning("could not re-judge the serving model on the evaluation set (%s); "
+                        "comparing with its recorded accuracy", exc)
+            return serving.accuracy, f"as recorded: not re-judged ({exc})"
+        finally:
+            client.close()
+        right = sum(p.label == result.judged_on[n] for n, p in zip(names, predictions, strict=True))
+        return round(right / len(names), 6), "re-judged on the same images"

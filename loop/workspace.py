@@ -3,57 +3,47 @@
 Layout (see `kernel.layout`)::
 
     params.yaml  dvc.yaml  dvc.lock
-    data/images/          seed + pool images            (DVC, immutable)
-    data/test/            held-out images + labels.csv  (DVC, never shown to annotators)
-    data/pool.csv         the images offered to annotators
-    data/labels/seed.csv  data/labels/batch-NNNNNN.csv  (DVC, one shard per collected batch)
-    data/labels/cursor.json                             (git: collection cursor)
+    data/images/<batch>/  the images of one import batch (DVC, one output per batch)
+    data/pool/<batch>.csv each image's batch and split: pool / eval / seed   (git)
+    data/test/            held-out images + labels.csv, when the user has a labeled test set
+    data/labels/seed.csv  import-<batch>.csv  batch-NNNNNN.csv  (DVC, label shards)
+    data/labels/cursor.json                                     (git: collection cursor)
 
 The collection cursor is committed together with the shard it describes, so a batch
 and its cursor can only be saved together: a crash before the commit leaves nothing,
-a crash after it leaves a complete batch that only needs `dvc push`.
+a crash after it leaves a complete batch that only needs `dvc push`. Imports work the
+same way: one import batch (folder + pool shard + label shard) is one commit, and what a
+killed import left uncommitted is discarded before the next one.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import random
+import os
+import shutil
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from kernel.errors import WorkspaceError
-from loop.starter import StarterImage
-from pipelines.labels import (
-    SEED_SHARD,
-    LabelEvent,
-    current_annotations,
-    read_events,
-    write_shard,
-)
-from kernel.layout import (
-    IMAGES_DIR,
-    LABELS_DIR,
-    PARAMS_FILE,
-    POOL_FILE,
-    TEST_IMAGES_DIR,
-    TEST_LABELS,
-)
-from pipelines.params import DataParams, Params, load_params
-from pipelines.stages import DVC_PIPELINE
+from kernel.layout import IMAGES_DIR, LABELS_DIR, PARAMS_FILE, POOL_DIR, TEST_LABELS
+from loop.imports import ImportBatch, ImportReport
+from loop.ingest import FoundImage, SkippedFile
+from pipelines.labels import LabelEvent, current_annotations, read_events, write_shard
+from pipelines.params import Params, load_params
+from pipelines.prepare import LabelSplits, label_splits, read_test_labels
+from pipelines.pool import PoolImage, next_batch_name, read_pool
 
 __all__ = ["Workspace", "Cursor"]
 
 log = logging.getLogger(__name__)
 
 CURSOR_FILE = LABELS_DIR / "cursor.json"
+
 
 @dataclass(frozen=True)
 class Cursor:
@@ -68,68 +58,66 @@ class Workspace:
         self.root = root.resolve()
         #: Crash points for the exactly-once tests (`loop.faults`); a no-op by default.
         self._checkpoint = checkpoint or (lambda point: None)
+        self._pool_cache: tuple[tuple, dict[str, PoolImage]] | None = None
 
-    # --- creation ----------------------------------------------------------------
-    @classmethod
-    def create(
-        cls,
-        root: Path,
-        *,
-        images: Sequence[StarterImage],
-        remote_url: str,
-        seed_per_class: int = 2,
-        test_fraction: float = 0.25,
-        image_size: int = 8,
-        random_seed: int = 0,
-    ) -> "Workspace":
-        root = root.resolve()
-        if (root / ".git").exists() or (root / ".dvc").exists():
-            raise WorkspaceError(f"{root} already holds a repository; choose an empty directory")
-        if root.exists() and any(root.iterdir()):
-            raise WorkspaceError(f"{root} is not empty; choose an empty directory")
-        if not 0 < test_fraction < 1:
-            raise WorkspaceError("test_fraction must be between 0 and 1")
-        classes = sorted({image.label for image in images}, key=_class_sort_key)
-        if len(classes) < 2:
-            raise WorkspaceError("a classifier needs at least two classes of images")
-        root.mkdir(parents=True, exist_ok=True)
-        ws = cls(root)
-        test, seed, pool = _split(images, classes, seed_per_class, test_fraction, random_seed)
-        ws._write_dataset(test, seed, pool)
-        Params(data=DataParams(classes=classes, image_size=image_size)).dump(root / PARAMS_FILE)
-        (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_PIPELINE, sort_keys=False))
-        (root / ".gitignore").write_text("/build/\n/plots/\n")
-        _write_json(root / CURSOR_FILE, Cursor().__dict__)
-        ws._init_repos(remote_url)
-        ws._dvc_add([IMAGES_DIR, Path("data/test"), LABELS_DIR / SEED_SHARD])
-        ws.git("add", "-A")
-        ws.git(
-            "commit", "-q", "-m",
-            f"labelloop init: {len(seed)} seed labels, {len(pool)} pool images, "
-            f"{len(test)} held-out test images",
+    # --- adding images -----------------------------------------------------------
+    def add_images(self, found: Iterable[FoundImage | SkippedFile]) -> ImportReport:
+        """New images join the pool as one import batch: one commit (not pushed: the caller
+        pushes), whose cost grows with the new images, not the pool. Images already in the
+        pool are counted and left out; nothing new makes no commit."""
+        if (self.root / f"{IMAGES_DIR}.dvc").exists():
+            raise WorkspaceError(
+                f"{self.root} was created by an earlier labelloop (all images in one DVC output), so images "
+                "cannot be added to it; create a workspace with `labelloop init --images DIR` and add to that")
+        self.discard_uncommitted_imports()
+        pool = self.pool_index()
+        params = self.params()
+        report = ImportReport()
+        batch = ImportBatch(
+            self.root, next_batch_name({p.batch for p in pool.values()} | set(self._image_batches())),
+            known_sha256={p.sha256 for p in pool.values()}, eval_params=params.evaluation,
+            eval_held=sum(p.split == "eval" for p in pool.values()), report=report,
         )
-        ws.push()
-        return ws
+        batch.add_found(found)
+        self._checkpoint("add:images-written")
+        outs = batch.finish()
+        if not outs:
+            shutil.rmtree(batch.images_dir, ignore_errors=True)
+            report.batch = None
+            return report
+        self.dvc_add(outs)
+        self._checkpoint("add:dvc-added")
+        self.git("add", "-A", "--", str(POOL_DIR), str(IMAGES_DIR), str(LABELS_DIR))
+        self.git("commit", "-q", "-m", f"images: batch {batch.batch}: {report.summary}")
+        self._checkpoint("add:committed")
+        report.commit = self.head()
+        report.outputs = [Path(f"{out}.dvc") for out in outs]
+        return report
 
-    def _write_dataset(self, test, seed, pool) -> None:
-        for directory, items in ((IMAGES_DIR, seed + pool), (TEST_IMAGES_DIR, test)):
-            (self.root / directory).mkdir(parents=True, exist_ok=True)
-            for item in items:
-                (self.root / directory / item.name).write_bytes(item.png)
-        with (self.root / TEST_LABELS).open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["image", "label"])
-            writer.writerows((item.name, item.label) for item in test)
-        with (self.root / POOL_FILE).open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["image"])
-            writer.writerows((item.name,) for item in pool)
-        write_shard(
-            self.root / LABELS_DIR / SEED_SHARD,
-            (LabelEvent(image=item.name, label=item.label, annotator="seed") for item in seed),
-        )
+    def _image_batches(self) -> list[str]:
+        images = self.root / IMAGES_DIR
+        return [p.name for p in images.iterdir() if p.is_dir()] if images.is_dir() else []
 
-    def _init_repos(self, remote_url: str) -> None:
+    def discard_uncommitted_imports(self) -> bool:
+        """Remove what a killed `add` left before its commit: the batch folder, its `.dvc`
+        file, pool shard and label shard. HEAD still says which batches exist."""
+        self.clear_stale_git_lock()
+        committed = set(self.git("ls-files", "--", str(IMAGES_DIR)).splitlines())
+        leftovers = [b for b in self._image_batches() if f"{IMAGES_DIR}/{b}.dvc" not in committed]
+        dirty = self.git("status", "--porcelain", "--", str(POOL_DIR), str(IMAGES_DIR))
+        if not leftovers and not dirty:
+            return False
+        log.warning("discarding an interrupted image import: %s", ", ".join(leftovers) or dirty)
+        for batch in leftovers:
+            shutil.rmtree(self.root / IMAGES_DIR / batch, ignore_errors=True)
+        self.git("reset", "-q", "--", str(POOL_DIR), str(IMAGES_DIR))
+        self.git("checkout", "-q", "--", str(POOL_DIR), str(IMAGES_DIR))
+        self.git("clean", "-q", "-fd", "--", str(POOL_DIR), str(IMAGES_DIR))
+        self.discard_uncommitted_labels()  # the batch's label shard, if it got that far
+        self._pool_cache = None
+        return True
+
+    def init_repos(self, remote_url: str) -> None:
         from dvc.repo import Repo
 
         self.git("init", "-q", "-b", "main")
@@ -168,7 +156,7 @@ class Workspace:
         # A fresh Repo per operation: an open one goes stale when the cache changes under it.
         return Repo(str(self.root))
 
-    def _dvc_add(self, paths: Sequence[Path]) -> None:
+    def dvc_add(self, paths: Sequence[Path]) -> None:
         from dvc.exceptions import DvcException
 
         try:
@@ -192,11 +180,12 @@ class Workspace:
     def head(self) -> str:
         return self.git("rev-parse", "HEAD")
 
-    def push(self) -> None:
-        """Upload every DVC-tracked object of HEAD to the remote (idempotent)."""
+    def push(self, targets: Sequence[Path] | None = None) -> None:
+        """Upload every DVC-tracked object of HEAD (or of these outputs' `.dvc` files) to
+        the remote (idempotent)."""
         try:
             with self._dvc() as repo:
-                repo.push()
+                repo.push(targets=[str(self.root / t) for t in targets] if targets else None)
         except Exception as exc:  # DVC raises many types; all mean "not pushed yet"
             raise WorkspaceError(f"dvc push to the remote failed: {exc}") from exc
 
@@ -207,12 +196,40 @@ class Workspace:
     def classes(self) -> list[str]:
         return self.params().data.classes
 
+    def pool_index(self) -> dict[str, PoolImage]:
+        """Every image the workspace holds, by name (cached until a pool shard changes)."""
+        pool_dir = self.root / POOL_DIR
+        try:
+            key: tuple = (pool_dir.stat().st_mtime_ns, len(os.listdir(pool_dir)))
+        except FileNotFoundError:  # none yet, or a workspace made before import batches
+            key = ("no pool folder",)
+        if self._pool_cache is None or self._pool_cache[0] != key:
+            self._pool_cache = (key, {p.name: p for p in read_pool(pool_dir)})
+        return self._pool_cache[1]
+
     def pool_images(self) -> list[str]:
-        with (self.root / POOL_FILE).open(newline="") as fh:
-            return [row["image"] for row in csv.DictReader(fh)]
+        """The images annotators label (pool and evaluation sample), in import order."""
+        return [name for name, p in self.pool_index().items() if p.split != "seed"]
+
+    def eval_images(self) -> set[str]:
+        """The evaluation sample: labeled by annotators, never trained on, never queried."""
+        return {name for name, p in self.pool_index().items() if p.split == "eval"}
+
+    def image_relpath(self, name: str) -> str:
+        """Where an image lies under data/images/ (its Label Studio URL path)."""
+        held = self.pool_index().get(name)
+        return held.relpath if held else name
 
     def image_path(self, name: str) -> Path:
-        return self.root / IMAGES_DIR / name
+        return self.root / IMAGES_DIR / self.image_relpath(name)
+
+    def label_splits(self) -> LabelSplits:
+        """Training labels, evaluation labels, test labels and which set judges now."""
+        return label_splits(self.params(), self.root)
+
+    def has_test_split(self) -> bool:
+        """Whether the user brought a labeled held-out test set (it judges every run)."""
+        return bool(read_test_labels(self.root / TEST_LABELS))
 
     def events(self) -> list[LabelEvent]:
         return read_events(self.root / LABELS_DIR)
@@ -296,7 +313,7 @@ class Workspace:
         self._checkpoint("commit:shard-written")
         _write_json(self.root / CURSOR_FILE, cursor.__dict__)
         self._checkpoint("commit:cursor-written")
-        self._dvc_add([shard])
+        self.dvc_add([shard])
         self._checkpoint("commit:dvc-added")
         self.git("add", "-A", "--", str(LABELS_DIR))
         self._checkpoint("commit:git-added")
@@ -321,22 +338,3 @@ def _write_json(path: Path, payload: object) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
-
-
-def _class_sort_key(name: str) -> tuple[int, int | str]:
-    return (0, int(name)) if name.isdigit() else (1, name)
-
-
-def _split(images, classes, seed_per_class, test_fraction, random_seed):
-    """Stratified: a held-out test split, `seed_per_class` labeled images, the rest pool."""
-    rng = random.Random(random_seed)
-    test, seed, pool = [], [], []
-    for cls in classes:
-        members = sorted((i for i in images if i.label == cls), key=lambda i: i.name)
-        rng.shuffle(members)
-        n_test = max(1, round(len(members) * test_fraction)) if len(members) > 1 else 0
-        test += members[:n_test]
-        seed += members[n_test : n_test + seed_per_class]
-        pool += members[n_test + seed_per_class :]
-    by_name = lambda i: i.name  # noqa: E731
-    return sorted(test, key=by_name), sorted(seed, key=by_name), sorted(pool, key=by_name)

@@ -1,4 +1,8 @@
-"""Stage `evaluate`: held-out accuracy, per-class F1, confusion matrix for `dvc plots`."""
+"""Stage `evaluate`: accuracy and per-class F1 on the set that judges the run (the user's
+test set, the annotators' evaluation sample, or k-fold cross-validation on the training
+labels before the sample is large enough: see `pipelines.prepare`), a confusion matrix for
+`dvc plots`, and the judged labels (`build/judged.json`) so the loop can judge the serving
+model on exactly the same images."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernel.layout import CONFUSION_FILE, METRICS_FILE, MODEL_FILE, PARAMS_FILE, PREPARED
+from kernel.layout import CONFUSION_FILE, JUDGED_FILE, METRICS_FILE, MODEL_FILE, PARAMS_FILE, PREPARED
 from pipelines.params import Params, load_params
 
 __all__ = ["Metrics", "evaluate", "score_predictions"]
@@ -20,11 +24,14 @@ class Metrics:
     accuracy: float
     macro_f1: float
     f1: dict[str, float]
-    n_test: int
+    n_test: int  # labeled images that judged the run (held out, or all of them under cv)
     n_train: int
+    judged_by: str = "test"  # test | eval | cv (pipelines.prepare)
 
 
-def score_predictions(classes: list[str], y_true: np.ndarray, y_pred: np.ndarray, n_train: int) -> Metrics:
+def score_predictions(
+    classes: list[str], y_true: np.ndarray, y_pred: np.ndarray, n_train: int, judged_by: str = "test",
+) -> Metrics:
     from sklearn.metrics import accuracy_score, f1_score
 
     labels = list(range(len(classes)))
@@ -35,27 +42,66 @@ def score_predictions(classes: list[str], y_true: np.ndarray, y_pred: np.ndarray
         f1={name: round(float(v), 6) for name, v in zip(classes, per_class, strict=True)},
         n_test=int(len(y_true)),
         n_train=n_train,
+        judged_by=judged_by,
     )
 
 
-def evaluate(params: Params, model_path: Path, prepared: Path, metrics_out: Path, confusion_out: Path) -> Metrics:
+def cross_validated_predictions(params: Params, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Out-of-fold predictions of `eval.cv_folds` models trained like the real one (stratified
+    when every class has enough labels). Fewer than two labels: nothing to hold out, so the
+    model's chance is its only honest score (every prediction counted wrong)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    from pipelines.train import fit
+
+    if len(y) < 2:
+        return np.full(len(y), -1)
+    folds = min(params.evaluation.cv_folds, len(y))
+    smallest = np.bincount(y).min(initial=len(y)) if len(np.unique(y)) > 1 else 0
+    splitter = (StratifiedKFold(folds, shuffle=True, random_state=params.train.seed) if smallest >= folds
+                else KFold(folds, shuffle=True, random_state=params.train.seed))
+    predicted = np.empty(len(y), dtype=np.int64)
+    for train_idx, held_idx in splitter.split(x, y):
+        model, _ = fit(params, x[train_idx], y[train_idx])
+        predicted[held_idx] = np.argmax(model.predict(x[held_idx], verbose=0), axis=1)
+    return predicted
+
+
+def evaluate(
+    params: Params, model_path: Path, prepared: Path, metrics_out: Path, confusion_out: Path,
+    judged_out: Path | None = None,
+) -> Metrics:
     import keras
 
     with np.load(prepared) as data:
-        x_test, y_test, n_train = data["x_test"], data["y_test"], len(data["y_train"])
-    model = keras.saving.load_model(model_path)
-    y_pred = np.argmax(model.predict(x_test, verbose=0), axis=1)
-    metrics = score_predictions(params.data.classes, y_test, y_pred, n_train)
+        arrays = {k: data[k] for k in data.files}
+    judged_by = str(arrays.get("judged_by", "test"))
+    if judged_by == "cv":
+        y_test, images = arrays["y_train"], arrays.get("train_images", np.array([]))
+        y_pred = cross_validated_predictions(params, arrays["x_train"], y_test)
+    else:
+        y_test, images = arrays["y_test"], arrays.get("test_images", np.array([]))
+        model = keras.saving.load_model(model_path)
+        y_pred = np.argmax(model.predict(arrays["x_test"], verbose=0), axis=1) if len(y_test) else y_test
+    metrics = score_predictions(params.data.classes, y_test, y_pred, len(arrays["y_train"]), judged_by)
     metrics_out.write_text(json.dumps(asdict(metrics), indent=2) + "\n")
+    if judged_out is not None:
+        judged_out.parent.mkdir(parents=True, exist_ok=True)
+        judged_out.write_text(json.dumps({
+            "judged_by": judged_by,
+            "labels": {str(name): params.data.classes[int(t)] for name, t in zip(images, y_test, strict=False)},
+        }) + "\n")
     confusion_out.parent.mkdir(parents=True, exist_ok=True)
     with confusion_out.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["actual", "predicted"])
         for t, p in zip(y_test, y_pred, strict=True):
-            writer.writerow([params.data.classes[t], params.data.classes[p]])
+            if p >= 0:
+                writer.writerow([params.data.classes[t], params.data.classes[p]])
     return metrics
 
 
 if __name__ == "__main__":
-    m = evaluate(load_params(PARAMS_FILE), MODEL_FILE, PREPARED, METRICS_FILE, CONFUSION_FILE)
-    print(f"evaluate: accuracy {m.accuracy:.4f}, macro F1 {m.macro_f1:.4f} on {m.n_test} held-out images")
+    m = evaluate(load_params(PARAMS_FILE), MODEL_FILE, PREPARED, METRICS_FILE, CONFUSION_FILE, JUDGED_FILE)
+    print(f"evaluate: accuracy {m.accuracy:.4f}, macro F1 {m.macro_f1:.4f} on {m.n_test} labeled images "
+          f"(judged by {m.judged_by})")

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kernel.layout import METRICS_FILE, REGISTERED_FILE
+from kernel.layout import JUDGED_FILE, METRICS_FILE, REGISTERED_FILE
 
 __all__ = ["JobResult", "run_job", "RESULT_FILE"]
 
@@ -48,6 +48,10 @@ class JobResult:
     n_labels: int
     metrics: dict
     seconds: float
+    #: The labels that judged the run (image -> label) and which set they were: the loop
+    #: judges the serving model on the same images before it compares.
+    judged_by: str = "test"
+    judged_on: dict[str, str] | None = None
 
 
 def _step(message: str) -> None:
@@ -86,6 +90,9 @@ def run_job(
         repo.push()
     registered = json.loads((repo_dir / REGISTERED_FILE).read_text())
     metrics = json.loads((repo_dir / METRICS_FILE).read_text())
+    # A workspace whose pipeline predates the judged labels judged on its test set.
+    judged_path = repo_dir / JUDGED_FILE
+    judged = json.loads(judged_path.read_text()) if judged_path.exists() else {"judged_by": "test", "labels": None}
     _git(repo_dir, "add", "-A")
     _git(repo_dir, "commit", "-q", "--allow-empty", "-m",
          f"train: run {run_id}: {registered['tag']} accuracy {metrics['accuracy']:.4f}")
@@ -98,6 +105,8 @@ def run_job(
         n_labels=int(registered["n_labels"]),
         metrics=metrics,
         seconds=round(time.perf_counter() - started, 2),
+        judged_by=judged["judged_by"],
+        judged_on=judged["labels"],
     )
     if publish:
         # Another pod promotes and serves it: the model and the result go to shared storage.

@@ -18,9 +18,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
+from pipelines.pool import batch_sort_key
+
 __all__ = [
     "LabelEvent",
     "SEED_SHARD",
+    "IMPORT_PREFIX",
     "read_shard",
     "write_shard",
     "read_events",
@@ -32,6 +35,9 @@ __all__ = [
 ]
 
 SEED_SHARD = "seed.csv"
+#: Labels the user already had when images were imported (`init --images`, `add`): one
+#: shard per import batch, ``import-<batch>.csv``.
+IMPORT_PREFIX = "import-"
 BATCH_PREFIX = "batch-"
 
 
@@ -87,10 +93,12 @@ def write_shard(path: Path, events: Iterable[LabelEvent]) -> int:
 
 
 def shard_paths(labels_dir: Path) -> list[Path]:
-    """Seed first, then batches in collection order."""
+    """Seed first, then imported labels in import order, then batches in collection order."""
+    imports = sorted(labels_dir.glob(f"{IMPORT_PREFIX}*.csv"),
+                     key=lambda p: batch_sort_key(p.stem[len(IMPORT_PREFIX):]))
     shards = sorted(labels_dir.glob(f"{BATCH_PREFIX}*.csv"))
     seed = labels_dir / SEED_SHARD
-    return ([seed] if seed.exists() else []) + shards
+    return ([seed] if seed.exists() else []) + imports + shards
 
 
 def read_events(labels_dir: Path) -> list[LabelEvent]:

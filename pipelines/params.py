@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Params", "DataParams", "TrainParams", "RegisterParams", "load_params"]
+__all__ = ["Params", "DataParams", "TrainParams", "EvalParams", "RegisterParams", "load_params"]
 
 
 class DataParams(BaseModel):
@@ -28,6 +28,25 @@ class TrainParams(BaseModel):
     batch_size: int = Field(default=16, ge=1)
     learning_rate: float = Field(default=0.003, gt=0)
     seed: int = 0
+    #: The first model trains once every class has this many training labels (cold start).
+    min_per_class: int = Field(default=2, ge=1)
+
+
+class EvalParams(BaseModel):
+    """The evaluation set annotators label when no labeled test set exists: a seeded uniform
+    sample of the pool, never trained on and never chosen by a query strategy."""
+
+    #: Share of newly imported unlabeled images reserved for evaluation (0: none).
+    fraction: float = Field(default=0.1, ge=0, lt=1)
+    max_images: int = Field(default=500, ge=0)
+    #: One evaluation task in every `every` tasks of the queue until the set is large enough.
+    every: int = Field(default=5, ge=2)
+    #: The gate judges on the evaluation set once it holds `min_labels` labels and
+    #: `min_per_class` per class; before that, k-fold cross-validation on the training labels.
+    min_labels: int = Field(default=30, ge=1)
+    min_per_class: int = Field(default=2, ge=0)
+    cv_folds: int = Field(default=3, ge=2)
+    seed: int = 0
 
 
 class RegisterParams(BaseModel):
@@ -39,6 +58,8 @@ class Params(BaseModel):
 
     data: DataParams
     train: TrainParams = TrainParams()
+    # "eval" in params.yaml.
+    evaluation: EvalParams = Field(default=EvalParams(), alias="eval")
     # "register" is the stage's name in params.yaml; it would shadow ABCMeta.register.
     registration: RegisterParams = Field(default=RegisterParams(), alias="register")
 

@@ -12,8 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.labels import labels_by_image, read_events
-from kernel.layout import LABELS_DIR, METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
+from kernel.layout import METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
 from pipelines.params import Params, load_params
 
 __all__ = ["Registration", "register", "MODEL_FILENAME"]
@@ -42,7 +41,7 @@ def register(params: Params, root: Path, model_path: Path, metrics_path: Path, o
     import bentoml
 
     metrics = json.loads(metrics_path.read_text())
-    n_labels = len(labels_by_image(read_events(root / LABELS_DIR), params.data.label_policy))
+    n_labels = int(metrics["n_train"])  # training labels: the evaluation sample is never trained on
     data_commit = _data_commit(root)
     metadata = {
         "data_commit": data_commit,

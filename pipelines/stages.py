@@ -3,7 +3,7 @@ evaluate -> register. Each stage is a module of this package with a thin `__main
 
 from __future__ import annotations
 
-from kernel.layout import IMAGES_DIR, LABELS_DIR
+from kernel.layout import IMAGES_DIR, JUDGED_FILE, LABELS_DIR, POOL_DIR, TEST_DIR
 
 __all__ = ["DVC_PIPELINE"]
 
@@ -11,8 +11,8 @@ DVC_PIPELINE = {
     "stages": {
         "prepare": {
             "cmd": "python -m pipelines.prepare",
-            "deps": [str(IMAGES_DIR), str(LABELS_DIR), "data/test"],
-            "params": ["data"],
+            "deps": [str(IMAGES_DIR), str(POOL_DIR), str(LABELS_DIR), str(TEST_DIR)],
+            "params": ["data", "eval"],
             "outs": ["build/prepared.npz"],
         },
         "train": {
@@ -24,6 +24,8 @@ DVC_PIPELINE = {
         "evaluate": {
             "cmd": "python -m pipelines.evaluate",
             "deps": ["build/model.keras", "build/prepared.npz"],
+            "params": ["train", "eval"],  # cross-validation trains with them
+            "outs": [{str(JUDGED_FILE): {"cache": False}}],
             "metrics": [{"metrics.json": {"cache": False}}],
             "plots": [
                 {

@@ -23,6 +23,8 @@ class PromotionRecord(BaseModel):
     data_commit: str
     n_labels: int
     run_id: str
+    judged_by: str = "test"  # the set its accuracy was measured on: test | eval | cv
+    n_judged: int | None = None
     promoted_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
 

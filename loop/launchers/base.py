@@ -25,6 +25,8 @@ class TrainingResult:
     accuracy: float | None = None
     n_labels: int | None = None
     metrics: dict | None = None
+    judged_by: str | None = None  # test | eval | cv (pipelines.prepare)
+    judged_on: dict[str, str] | None = None  # image -> label of the set that judged it
     error: str | None = None
     log_path: Path | None = None
 
@@ -47,5 +49,7 @@ def result_from_record(run_id: str, record: dict[str, Any], log_path: Path | Non
         accuracy=float(record["accuracy"]),
         n_labels=int(record["n_labels"]),
         metrics=record["metrics"],
+        judged_by=record.get("judged_by", "test"),
+        judged_on=record.get("judged_on"),
         log_path=log_path,
     )

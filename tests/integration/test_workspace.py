@@ -6,6 +6,7 @@ from PIL import Image
 
 from kernel.errors import WorkspaceError
 from loop.starter import folder_images
+from loop.creation import create_labeled
 from loop.workspace import Cursor, Workspace
 from pipelines.labels import LabelEvent, labels_by_image, read_events
 
@@ -26,7 +27,7 @@ def _remote_objects(remote: Path) -> set[str]:
 @pytest.fixture
 def workspace(tmp_path) -> Workspace:
     images = folder_images(_folders(tmp_path / "folders"))
-    return Workspace.create(tmp_path / "ws", images=images, remote_url=str(tmp_path / "remote"),
+    return create_labeled(tmp_path / "ws", images=images, remote_url=str(tmp_path / "remote"),
                             seed_per_class=2, test_fraction=0.34)
 
 
@@ -42,7 +43,7 @@ def test_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
     with pytest.raises(WorkspaceError, match="not empty"):
-        Workspace.create(tmp_path / "busy", images=[], remote_url=str(tmp_path / "r"))
+        create_labeled(tmp_path / "busy", images=[], remote_url=str(tmp_path / "r"))
 
 
 def test_a_batch_is_one_commit_with_its_cursor_and_reaches_the_remote(workspace, tmp_path):
@@ -100,7 +101,7 @@ def test_discarding_an_interrupted_batch_keeps_every_committed_shard(workspace):
     half = [LabelEvent(image=image, label="cat", annotation_id=10, annotation_updated_at="x")]
     from pipelines.labels import write_shard
     write_shard(labels_dir / "batch-000002.csv", half)
-    workspace._dvc_add([labels_dir.relative_to(workspace.root) / "batch-000002.csv"])
+    workspace.dvc_add([labels_dir.relative_to(workspace.root) / "batch-000002.csv"])
     assert workspace.discard_uncommitted_labels()
     assert not (labels_dir / "batch-000002.csv").exists() and not (labels_dir / "batch-000002.csv.dvc").exists()
     assert workspace.known_annotations() == known_before and 9 in known_before

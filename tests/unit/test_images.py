@@ -2,11 +2,12 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from kernel.errors import BadInputError
 from loop.starter import DIGITS_SCALE, digits_images
-from pipelines.images import decode_image, preprocess
+from pipelines.images import decode_image, preprocess, sniff_image, to_rgb
+from tests.helpers.images import png_with_header
 
 
 def test_starter_png_maps_back_to_the_8x8_digit_exactly():
@@ -31,3 +32,101 @@ def test_colour_jpeg_of_any_size_becomes_model_input():
 def test_bad_bytes_are_a_clear_error(payload, message):
     with pytest.raises(BadInputError, match=message):
         decode_image(payload)
+
+
+# --- robust decoding: what a browser (and so the annotator) shows is what the model sees ---
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def test_exif_orientation_6_is_applied_like_a_browser():
+    # Stored 64x32 with a black square top-left; orientation 6 means "rotate 90 degrees
+    # clockwise to display", so a browser shows 32x64 with the square top-right.
+    stored = Image.new("L", (64, 32), 255)
+    stored.paste(0, (0, 0, 16, 16))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    image = decode_image(_encoded(stored, "JPEG", exif=exif, quality=95))
+    assert image.size == (32, 64)
+    assert image.getpixel((24, 8)) < 40 and image.getpixel((8, 8)) > 215
+    assert image.getpixel((24, 56)) > 215  # the stored top-right corner is now bottom-right
+    assert to_rgb(image).size == (32, 64)  # applied once, not twice
+
+
+@pytest.mark.parametrize("pixels, expected", [
+    (np.full((8, 8), 30000, np.uint16), 30000 / 65535),  # 16-bit PNG, mode I;16
+    (np.full((8, 8), 30000, np.int32), 30000 / 65535),  # mode I from a 16-bit source
+    (np.full((8, 8), 0.45, np.float32), 0.45),  # mode F in [0, 1]
+])
+def test_wide_pixels_are_scaled_not_clipped_to_white(pixels, expected):
+    image = decode_image(_encoded(Image.fromarray(pixels), "PNG")) if pixels.dtype == np.uint16 \
+        else Image.fromarray(pixels)
+    x = preprocess([image], 8)
+    np.testing.assert_allclose(x, expected, atol=1 / 255)
+    assert to_rgb(image).mode == "RGB"
+
+
+def test_16_bit_png_is_mid_grey_where_pillow_convert_gives_white():
+    image = decode_image(_encoded(Image.fromarray(np.full((8, 8), 30000, np.uint16)), "PNG"))
+    assert image.mode == "I;16"
+    assert image.convert("L").getpixel((0, 0)) == 255  # why to_rgb does not use convert("L")
+    assert 0.44 < preprocess([image], 8).mean() < 0.47
+
+
+def test_cmyk_jpeg_decodes_through_rgb():
+    raw = _encoded(Image.new("CMYK", (16, 16), (255, 0, 0, 0)), "JPEG", quality=95)
+    image = decode_image(raw)
+    assert image.mode == "CMYK"
+    r, g, b = to_rgb(image).getpixel((8, 8))
+    assert r < 20 and g > 235 and b > 235  # pure cyan
+
+
+def test_transparent_background_is_composited_on_white():
+    drawing = Image.new("RGBA", (16, 16), (0, 0, 0, 0))  # transparent *black*
+    drawing.paste((0, 0, 0, 255), (4, 4, 12, 12))
+    x = preprocess([decode_image(_encoded(drawing, "PNG"))], 16)[0, :, :, 0]
+    assert x[0, 0] == 1.0 and x[8, 8] == 0.0
+    assert decode_image(_encoded(drawing.convert("LA"), "PNG")).mode == "LA"
+    assert preprocess([decode_image(_encoded(drawing.convert("LA"), "PNG"))], 16)[0, 0, 0, 0] == 1.0
+
+
+def test_palette_gif_with_transparency():
+    palette = Image.new("P", (16, 16), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * (254 * 3))
+    palette.paste(1, (4, 4, 12, 12))
+    image = decode_image(_encoded(palette, "GIF", transparency=0))
+    assert image.mode == "P" and "transparency" in image.info
+    rgb = to_rgb(image)
+    assert rgb.getpixel((0, 0)) == (255, 255, 255) and rgb.getpixel((8, 8)) == (255, 0, 0)
+
+
+def test_sniff_image_gives_a_reason_per_bad_file(tmp_path):
+    files = {
+        "empty.png": b"",
+        "notes.png": b"these are my notes, not a picture\n",
+        "truncated.png": _encoded(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)),
+                                  "PNG")[:3000],
+        "huge.png": png_with_header(8000, 8000),
+        "bomb.png": png_with_header(20000, 20000),
+        "good.webp": _encoded(Image.new("RGB", (5, 7), (1, 2, 3)), "WEBP"),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    reasons = {name: sniff_image(tmp_path / name) for name in files}
+    assert reasons["empty.png"] == "zero-byte file"
+    assert reasons["notes.png"].startswith("not an image (")
+    assert reasons["truncated.png"].startswith("corrupt or truncated image: ")
+    assert reasons["huge.png"] == "too large: 8000x8000"
+    assert reasons["bomb.png"].startswith("too large: ")
+    assert reasons["good.webp"] is None
+    assert sniff_image(tmp_path / "missing.png").startswith("unreadable file")
+
+
+def test_too_large_and_unreadable_keep_their_request_messages():
+    with pytest.raises(BadInputError, match="pixels"):
+        decode_image(png_with_header(8000, 8000))
+    with pytest.raises(BadInputError, match="pixels"):
+        decode_image(png_with_header(20000, 20000))
