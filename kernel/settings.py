@@ -189,6 +189,11 @@ class Settings(BaseSettings):
     job_backoff_max_s: float = Field(
         default=600.0, gt=0, description="A failing scheduler job retries with backoff up to this."
     )
+    promotion_mode: Literal["auto", "manual"] = Field(
+        default="auto",
+        description="auto: the gate promotes a run that is not worse; manual: it marks it approved and "
+        "`labelloop promote RUN` promotes it.",
+    )
     watch_folder: Path | None = Field(
         default=None, description="A folder the scheduler syncs into the pool: new images become tasks.",
     )

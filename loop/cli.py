@@ -204,6 +204,27 @@ def train() -> None:
 
 
 @app.command()
+def promote(
+    run_id: Annotated[str, typer.Argument(help="The training run whose model should serve (`labelloop status`)")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history)")] = "",
+) -> None:
+    """Promote a run's model (an approved one, or a rejected one on purpose); the queue follows it."""
+    record = Loop(_settings()).promote(run_id, reason=reason)
+    console.print(f"{record.tag} serves now (run {record.run_id}, accuracy {record.accuracy:.4f})")
+
+
+@app.command()
+def rollback(
+    version: Annotated[Optional[str], typer.Argument(
+        help="A model version promoted before (default: the one before the current)")] = None,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history)")] = "",
+) -> None:
+    """Serve an earlier model again, exactly as it was promoted; the queue follows it."""
+    record = Loop(_settings()).rollback(version, reason=reason)
+    console.print(f"{record.tag} serves again (run {record.run_id}, accuracy {record.accuracy:.4f})")
+
+
+@app.command()
 def rescore() -> None:
     """Re-score the unlabeled pool with the serving model and push the predictions."""
     with _progress() as progress:
@@ -266,6 +287,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         table.add_row(r.run_id, r.status, r.trigger, str(r.n_labels or "-"),
                       f"{r.accuracy:.4f}" if r.accuracy is not None else "-", judged, r.reason)
     console.print(table)
+    if st.promotions:
+        history = Table("when", "change", "model", "from", "by", "why", title="serving model history")
+        for p in st.promotions[:5]:
+            history.add_row(p.at, p.action, p.tag.split(":")[-1], (p.from_tag or "-").split(":")[-1], p.by, p.reason)
+        console.print(history)
     for job, error in st.errors.items():
         console.print(f"[red]{job}: {error}[/]")
 

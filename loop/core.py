@@ -14,13 +14,14 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from kernel.errors import ConfigError, LabelloopError, TrainingBusyError
+from kernel.errors import ConfigError, LabelloopError, NoModelError, TrainingBusyError
 from kernel.settings import Settings
 from labeling import LabelStudioGateway
 from loop.collection import Collection, CollectResult
 from loop.context import LoopContext
 from loop.launchers import Launcher, make_launcher
 from loop.imports import ImportReport
+from loop.promotions import Promotions, current_user
 from loop.provision import add_images, connect_project, create_workspace, create_workspace_from_images
 from loop.queue import Progress, QueueKeeper
 from loop.state import RunRecord, StateStore
@@ -29,6 +30,7 @@ from loop.training import TRAINING_LEASE, TrainingRuns
 from loop.workspace import Workspace
 from pipelines.params import EvalParams
 from pipelines.strategies import get_strategy
+from serving import PromotionRecord
 
 __all__ = ["Loop", "CollectResult", "LoopStatus"]
 
@@ -42,7 +44,8 @@ class Loop:
         self.settings = settings
         self.context = LoopContext(settings, gateway=gateway)
         self.state: StateStore = self.context.state
-        self.training = TrainingRuns(self.context, launcher or make_launcher(settings))
+        self.promotions = Promotions(settings, self.state)
+        self.training = TrainingRuns(self.context, launcher or make_launcher(settings), self.promotions)
         self.queue = QueueKeeper(self.context, get_strategy(settings.query_strategy))
         self.collection = Collection(self.context, on_training_requested=self.training.request)
         #: Files of the watched folder already imported, with the (size, mtime) they had.
@@ -135,6 +138,30 @@ class Loop:
         except TrainingBusyError as exc:
             log.info("%s", exc)
             return None
+
+    def promote(self, run_id: str, *, reason: str = "") -> PromotionRecord:
+        """A person promotes a run's model; the pool is re-scored with it."""
+        run = self.state.run_or_none(run_id)
+        if run is None:
+            raise NoModelError(f"no training run {run_id!r}; `labelloop status` lists the runs")
+        record = self.promotions.promote_run(run, by=current_user(), reason=reason)
+        self._rescore_after_change(record.tag)
+        return record
+
+    def rollback(self, version: str | None = None, *, reason: str = "") -> PromotionRecord:
+        """Restore an earlier model (default: the one before); the queue follows it again."""
+        record = self.promotions.rollback(version, by=current_user(), reason=reason)
+        self._rescore_after_change(record.tag)
+        return record
+
+    def _rescore_after_change(self, tag: str) -> None:
+        if self.state.marks().project_id is None:
+            return  # not connected yet: `connect` queues with whatever serves then
+        try:
+            self.queue.rescore(tag)
+        except LabelloopError as exc:
+            log.warning("%s serves, but the pool was not re-scored: %s", tag, exc)
+            self.state.set_job_error("rescore", str(exc))
 
     def request_training(self, reason: str = "requested") -> None:
         self.training.request(reason)

@@ -1,7 +1,7 @@
 """The loop's own state in SQLite (safe to read while the scheduler writes), typed.
 
-Tables: `runs` (training runs), `marks` (one row of typed scalar state, `LoopMarks`),
-`tasks` (the Label Studio task of every pool image), `pending_deletions` (annotation ids a
+Tables: `runs` (training runs), `promotions` (every change of the serving model), `marks`
+(one row of typed scalar state, `LoopMarks`), `tasks` (the Label Studio task of every pool image), `pending_deletions` (annotation ids a
 webhook reported deleted, until a collect handles them), `review_queue` (tasks re-queued
 for one more annotator), `jobs` (scheduler jobs: next run, last error) and `leases`.
 A database written by an earlier version (a `kv` table of string keys) is migrated on open.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["LoopMarks", "RunRecord", "StateStore", "utcnow"]
+__all__ = ["LoopMarks", "RunRecord", "PromotionEvent", "StateStore", "utcnow"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -61,6 +61,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     job TEXT PRIMARY KEY,          -- collect | retrain | cron | rescore
     next_run TEXT,
     error TEXT                     -- the last failure, NULL once the job succeeds again
+);
+CREATE TABLE IF NOT EXISTS promotions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    action TEXT NOT NULL,          -- promote | rollback
+    tag TEXT NOT NULL,             -- the model serving after it
+    from_tag TEXT,                 -- the model serving before it
+    run_id TEXT,
+    by TEXT NOT NULL,              -- "gate" or the user (user@host)
+    reason TEXT NOT NULL DEFAULT '',
+    record TEXT NOT NULL           -- the promotion record written (JSON): what a rollback restores
 );
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
@@ -109,6 +120,21 @@ class RunRecord:
     finished_at: str | None
     judged_by: str | None = None  # test | eval | cv (pipelines.prepare)
     n_judged: int | None = None  # labels in the set that judged it
+
+
+@dataclass(frozen=True)
+class PromotionEvent:
+    """One change of the serving model (`promotions` table), newest first from `promotions()`."""
+
+    id: int
+    at: str
+    action: str
+    tag: str
+    from_tag: str | None
+    run_id: str | None
+    by: str
+    reason: str
+    record: str
 
 
 class StateStore:
@@ -253,6 +279,12 @@ class StateStore:
             raise KeyError(run_id)
         return RunRecord(*row)
 
+    def run_or_none(self, run_id: str) -> RunRecord | None:
+        try:
+            return self.run(run_id)
+        except KeyError:
+            return None
+
     def last_finished_run(self) -> RunRecord | None:
         return next((r for r in self.runs(100) if r.status != "running"), None)
 
@@ -265,6 +297,19 @@ class StateStore:
                 (utcnow(),),
             )
             return cur.rowcount
+
+    # --- promotion history ------------------------------------------------------------------
+    def record_promotion(self, action: str, tag: str, from_tag: str | None, run_id: str | None, by: str,
+                         reason: str, record: str) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO promotions (at, action, tag, from_tag, run_id, by, reason, record) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (utcnow(), action, tag, from_tag, run_id, by, reason, record))
+
+    def promotions(self, limit: int = 20) -> list[PromotionEvent]:
+        with self._db() as db:
+            rows = db.execute(f"SELECT {', '.join(PromotionEvent.__dataclass_fields__)} FROM promotions "
+                              "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [PromotionEvent(*row) for row in rows]
 
     # --- leases: one holder at a time, across threads, processes and restarts ----------
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> str | None:

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from loop.context import LoopContext
-from loop.state import RunRecord
+from loop.state import PromotionEvent, RunRecord
 from pipelines.labels import held_back, labels_by_image
 from serving import PredictionClient, PromotionRecord, read_promotion
 
@@ -72,6 +72,7 @@ def status_report(
         service_version=service_version,
         image_fetch_failures=fetch_failures or {},
         runs=state.runs(10),
+        promotions=state.promotions(10),
         last_collect=marks.last_collect,
         last_collect_commit=marks.last_collect_commit,
         unpushed_commit=None if marks.pushed_commit == head else head,
@@ -113,5 +114,6 @@ class LoopStatus:
     image_fetch_failures: dict[str, int] = field(default_factory=dict)
     training_labels: int = 0  # labels the model trains on (the evaluation sample's are not)
     evaluation: EvaluationProgress | None = None
+    promotions: list[PromotionEvent] = field(default_factory=list)  # changes of the serving model, newest first
     # No model yet: what the first one still needs ("class 'bird': 0 of 2 labels").
     missing_for_first_model: list[str] = field(default_factory=list)

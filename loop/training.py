@@ -18,7 +18,8 @@ from kernel.errors import LabelloopError, ServiceUnavailableError, TrainingBusyE
 from loop.context import LoopContext
 from loop.launchers import Launcher, TrainingRequest, TrainingResult
 from loop.state import RunRecord
-from serving import PredictionClient, PromotionRecord, read_promotion, write_promotion
+from loop.promotions import Promotions
+from serving import PredictionClient, PromotionRecord, read_promotion
 
 __all__ = ["TrainingRuns", "TRAINING_LEASE", "LEASE_TTL_S"]
 
@@ -52,9 +53,10 @@ class _Heartbeat:
 
 
 class TrainingRuns:
-    def __init__(self, ctx: LoopContext, launcher: Launcher):
+    def __init__(self, ctx: LoopContext, launcher: Launcher, promotions: Promotions):
         self.ctx = ctx
         self.launcher = launcher
+        self.promotions = promotions
         self._training = threading.Lock()
         #: This process's identity as a lease holder (host, process, instance).
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -167,12 +169,16 @@ class TrainingRuns:
             reason = f"accuracy {result.accuracy:.4f} >= serving {baseline:.4f} ({on}; serving {how})"
         else:
             reason = f"first model (accuracy {result.accuracy:.4f}, {on})"
-        write_promotion(ctx.settings.promotion_file, PromotionRecord(
+        if ctx.settings.promotion_mode == "manual":
+            reason += f"; approved: promote it with `labelloop promote {run_id}`"
+            ctx.state.finish_run(run_id, "approved", reason, **scored)
+            log.info("run %s approved (%s)", run_id, reason)
+            return
+        self.promotions.promote(PromotionRecord(
             tag=result.model_tag, accuracy=result.accuracy, data_commit=commit,
             n_labels=result.n_labels, run_id=run_id, judged_by=judged_by, n_judged=n_judged,
-        ))
+        ), by="gate", reason=reason)
         ctx.state.finish_run(run_id, "promoted", reason, **scored)
-        log.info("run %s promoted %s (%s)", run_id, result.model_tag, reason)
 
     def _serving_accuracy(self, serving: PromotionRecord, result: TrainingResult) -> tuple[float, str]:
         """The serving model's accuracy on the images that judged the candidate. The

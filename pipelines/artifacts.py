@@ -52,6 +52,10 @@ class ArtifactStore:
             bentoml.models.export_model(tag, self.model_url(tag))
         return self.model_url(tag)
 
+    def has_model(self, tag: str) -> bool:
+        name, version = tag.split(":", 1)
+        return bool(self._fs.exists(self._path("models", name, f"{version}.bentomodel")))
+
     def ensure_local_model(self, tag: str) -> None:
         """Import a model into the local BentoML store unless it is there already."""
         import bentoml

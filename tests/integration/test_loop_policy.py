@@ -3,46 +3,14 @@ seam (the real LocalLauncher runs in the pipeline and end-to-end tests)."""
 
 from __future__ import annotations
 
-
 import pytest
-from PIL import Image
 
 from kernel.errors import TrainingBusyError
 from loop.core import Loop
-from loop.launchers import TrainingRequest, TrainingResult
 from loop.workspace import Cursor
 from pipelines.labels import LabelEvent
 from serving import read_promotion
-from tests.conftest import make_settings
-
-
-class ScriptedLauncher:
-    def __init__(self, outcomes: list[tuple[bool, float]]):
-        self.outcomes = outcomes
-        self.requests: list[TrainingRequest] = []
-
-    def run(self, request: TrainingRequest) -> TrainingResult:
-        self.requests.append(request)
-        ok, accuracy = self.outcomes.pop(0)
-        if not ok:
-            return TrainingResult(request.run_id, False, error="pod evicted")
-        return TrainingResult(request.run_id, True, model_tag=f"m:{len(self.requests)}",
-                              accuracy=accuracy, n_labels=4, metrics={"accuracy": accuracy})
-
-
-@pytest.fixture
-def loop_with(tmp_path):
-    def build(outcomes, **overrides) -> tuple[Loop, ScriptedLauncher]:
-        folders = tmp_path / "folders"
-        for label in ("a", "b"):
-            (folders / label).mkdir(parents=True)
-            for i in range(5):
-                Image.new("L", (8, 8), 30 * i + (100 if label == "b" else 0)).save(folders / label / f"{i}.png")
-        launcher = ScriptedLauncher(list(outcomes))
-        loop = Loop(make_settings(tmp_path / "home", tmp_path / "ws", **overrides), launcher=launcher)
-        loop.init(folder=folders, seed_per_class=2, test_fraction=0.2)
-        return loop, launcher
-    return build
+from tests.helpers.scripted import ScriptedLauncher
 
 
 def test_gate_promotes_first_and_not_worse_rejects_worse_and_survives_failure(loop_with):

@@ -379,7 +379,7 @@ def test_metrics_and_prediction_log(promoted, trained):
     assert _classify(server.url, _png(loop, 5)).status_code == 200
     httpx.post(f"{server.url}/predict", json={"tasks": [{"id": 3, "data": {"image": "/data/upload/nope.png"}}]})
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert f'labelloop_predictions_total{{label="' in metrics and f'model_version="{run.model_tag}"' in metrics
+    assert 'labelloop_predictions_total{label="' in metrics and f'model_version="{run.model_tag}"' in metrics
     assert "labelloop_prediction_confidence_bucket" in metrics
     assert 'labelloop_image_fetch_failures_total{reason="fetch"}' in metrics
     assert f'labelloop_model_info{{model_version="{run.model_tag}"}} 1.0' in metrics

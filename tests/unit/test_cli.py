@@ -111,3 +111,22 @@ def test_train_promoted_then_rescores_the_pool_with_that_model(loop_cls):
 def test_loop_signature_matches_what_cli_calls():
     # autospec above would not catch a renamed keyword if the CLI and Loop drifted together
     assert "full" in Loop.collect.__code__.co_varnames
+
+
+def test_rollback_to_a_version_that_does_not_exist_is_exit_5_and_says_what_to_do(loop_cls, capsys):
+    from kernel.errors import NoModelError
+
+    loop_cls.return_value.rollback.side_effect = NoModelError("v9 was never promoted here; `labelloop status` lists ...")
+    assert cli.main(["rollback", "v9", "--reason", "bad"]) == NoModelError.exit_code == 5
+    loop_cls.return_value.rollback.assert_called_once_with("v9", reason="bad")
+    assert "never promoted" in capsys.readouterr().err
+
+
+def test_promote_names_the_run(loop_cls, capsys):
+    from serving import PromotionRecord
+
+    loop_cls.return_value.promote.return_value = PromotionRecord(
+        tag="m:abc", accuracy=0.9, data_commit="c", n_labels=10, run_id="r7")
+    assert cli.main(["promote", "r7"]) == 0
+    loop_cls.return_value.promote.assert_called_once_with("r7", reason="")
+    assert "m:abc serves now (run r7" in capsys.readouterr().out
