@@ -178,5 +178,4 @@ class Loop:
     def status(self) -> LoopStatus:
         lease = self.state.lease_holder(TRAINING_LEASE)
         return status_report(self.context, labels_pending_training=self.training.labels_pending_training(),
-                             training_in_progress=lease[0] if lease else None,
-                             missing_for_first_model=self.training.missing_for_first_model())
+                             training_in_progress=lease[0] if lease else None)

@@ -60,7 +60,7 @@ class ImportBatch:
     def add_found(self, items: Iterable[FoundImage | SkippedFile]) -> None:
         for item in items:
             if isinstance(item, SkippedFile):
-                if item.reason.startswith("duplicate"):
+                if item.duplicate:
                     self.report.duplicates += 1
                 else:
                     self.report.skipped.append(item)

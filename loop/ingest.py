@@ -56,6 +56,7 @@ class FoundImage:
 class SkippedFile:
     source: Path
     reason: str
+    duplicate: bool = False  # the same content as a usable file found earlier in the scan
 
 
 def parse_classes(text: str) -> list[str]:
@@ -209,7 +210,7 @@ def _scan(
             continue
         if sha256 in seen:
             first, first_reason = seen[sha256]
-            yield SkippedFile(path, first_reason or f"duplicate of {first}")
+            yield SkippedFile(path, first_reason or f"duplicate of {first}", duplicate=first_reason is None)
             continue
         reason = sniff_image(path)
         seen[sha256] = (rel, reason)

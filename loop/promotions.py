@@ -88,16 +88,15 @@ class Promotions:
             serving = self.serving()
             if serving is None:
                 raise NoModelError("no model is serving, so there is nothing to roll back")
-            known = {}
-            for event in reversed(self.history(1000)):  # oldest first: the newest record of a tag wins
-                known[event.tag] = event
+            history = self.history(1000)  # newest first
             if version is None:
-                earlier = [e for e in self.history(1000) if e.tag != serving.tag]
+                earlier = [e for e in history if e.tag != serving.tag]
                 if not earlier:
                     raise NoModelError(f"{serving.tag} is the only model ever promoted here: nothing to roll back to")
                 target = earlier[0]
             else:
-                matches = [e for tag, e in known.items() if tag == version or tag.split(":")[-1] == version]
+                # The newest record of that tag: it is what was promoted last under it.
+                matches = [e for e in history if e.tag == version or e.tag.split(":")[-1] == version]
                 if not matches:
                     raise NoModelError(f"{version} was never promoted here; `labelloop status` lists the "
                                        "promotion history (rollback restores one of those)")

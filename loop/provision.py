@@ -57,8 +57,6 @@ def _scan(folder: Path, classes: Sequence[str], labels_csv: Path | None, labels_
             progress("importing images", done, total)
 
     def unchanged(path: Path) -> bool:
-        if seen is None:
-            return False
         stat = path.stat()
         signature = (stat.st_size, stat.st_mtime_ns)
         if seen.get(str(path)) == signature:
@@ -114,15 +112,20 @@ def add_images(
     return report
 
 
-def _import_tasks(ctx: LoopContext, ws: Workspace) -> dict[int, str]:
+def _images_under_files_root(ctx: LoopContext, ws: Workspace) -> Path:
+    """The images folder relative to Label Studio's local-files document root."""
     images_dir = ws.root / IMAGES_DIR
     try:
-        relative = images_dir.relative_to(ctx.settings.files_root)
+        return images_dir.relative_to(ctx.settings.files_root)
     except ValueError:
         raise ConfigError(
             f"{images_dir} is not under Label Studio's document root {ctx.settings.files_root}; "
             "set LABELLOOP_LABEL_STUDIO_FILES_ROOT to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
         ) from None
+
+
+def _import_tasks(ctx: LoopContext, ws: Workspace) -> dict[int, str]:
+    relative = _images_under_files_root(ctx, ws)
     names = ws.pool_images()
     tasks = ctx.gateway.import_images(ctx.project_id(), names, f"/data/local-files/?d={relative}/",
                                       paths={n: ws.image_relpath(n) for n in names})
@@ -136,10 +139,8 @@ def connect_project(ctx: LoopContext, queue: QueueKeeper) -> int:
     ws, settings, gateway = ctx.require_workspace(), ctx.settings, ctx.gateway
     project = gateway.ensure_project(settings.project_title, ws.classes())
     ctx.state.set_marks(project_id=project)
-    images_dir = ws.root / IMAGES_DIR
-    if not images_dir.is_relative_to(settings.files_root):
-        _import_tasks(ctx, ws)  # raises the ConfigError that says what to set
-    gateway.ensure_local_storage(project, images_dir)
+    _images_under_files_root(ctx, ws)
+    gateway.ensure_local_storage(project, ws.root / IMAGES_DIR)
     tasks = _import_tasks(ctx, ws)
     log.info("project %s: %d pool tasks", project, len(tasks))
     if read_promotion(settings.promotion_file) is None and not ctx.state.marks().queue_version:

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 
 from loop.context import LoopContext
 from loop.state import PromotionEvent, RunRecord
+from loop.training import missing_for_first_model
 from pipelines.labels import held_back, labels_by_image
+from pipelines.params import Params
+from pipelines.prepare import LabelSplits
 from serving import PredictionClient, PromotionRecord, read_promotion
 
 __all__ = ["LoopStatus", "EvaluationProgress", "status_report"]
@@ -31,11 +34,10 @@ class EvaluationProgress:
         return total + short
 
 
-def _evaluation(ws) -> EvaluationProgress | None:
+def _evaluation(ws, params: Params, splits: LabelSplits) -> EvaluationProgress | None:
     images = ws.eval_images()
-    if not images or ws.has_test_split():
+    if not images or splits.test:
         return None
-    params, splits = ws.params(), ws.label_splits()
     counts = Counter(splits.evaluation.values())
     return EvaluationProgress(
         images=len(images), labels=len(splits.evaluation),
@@ -45,14 +47,13 @@ def _evaluation(ws) -> EvaluationProgress | None:
     )
 
 
-def status_report(
-    ctx: LoopContext, *, labels_pending_training: int, training_in_progress: str | None,
-    missing_for_first_model: list[str],
-) -> LoopStatus:
+def status_report(ctx: LoopContext, *, labels_pending_training: int, training_in_progress: str | None) -> LoopStatus:
     ws = ctx.require_workspace()
+    params, splits = ws.params(), ws.label_splits()
+    serving = read_promotion(ctx.settings.promotion_file)
     state = ctx.state
     marks = state.marks()
-    events, policy = ws.events(), ws.params().data.label_policy
+    events, policy = ws.events(), params.data.label_policy
     head = ws.head()
     service = PredictionClient.for_settings(ctx.settings.serving)
     try:
@@ -64,11 +65,11 @@ def status_report(
         data_commit=head,
         label_batch=ws.cursor().batch,
         labels=len(labels_by_image(events, policy)),
-        training_labels=len(ws.label_splits().train),
-        evaluation=_evaluation(ws),
-        missing_for_first_model=missing_for_first_model if read_promotion(ctx.settings.promotion_file) is None else [],
+        training_labels=len(splits.train),
+        evaluation=_evaluation(ws, params, splits),
+        missing_for_first_model=missing_for_first_model(params, splits.train) if serving is None else [],
         labels_pending_training=labels_pending_training,
-        serving=read_promotion(ctx.settings.promotion_file),
+        serving=serving,
         service_version=service_version,
         image_fetch_failures=fetch_failures or {},
         runs=state.runs(10),

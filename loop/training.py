@@ -19,9 +19,10 @@ from loop.context import LoopContext
 from loop.launchers import Launcher, TrainingRequest, TrainingResult
 from loop.state import RunRecord
 from loop.promotions import Promotions
+from pipelines.params import Params
 from serving import PredictionClient, PromotionRecord, read_promotion
 
-__all__ = ["TrainingRuns", "TRAINING_LEASE", "LEASE_TTL_S"]
+__all__ = ["TrainingRuns", "TRAINING_LEASE", "LEASE_TTL_S", "missing_for_first_model"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,14 @@ class _Heartbeat:
         self._stop.set()
 
 
+def missing_for_first_model(params: Params, train: dict[str, str]) -> list[str]:
+    """What the cold start still needs: "class 'bird': 0 of 2 labels" for every class with
+    fewer than `train.min_per_class` training labels (evaluation labels do not count)."""
+    counts = Counter(train.values())
+    need = params.train.min_per_class
+    return [f"class {c!r}: {counts[c]} of {need} labels" for c in params.data.classes if counts[c] < need]
+
+
 class TrainingRuns:
     def __init__(self, ctx: LoopContext, launcher: Launcher, promotions: Promotions):
         self.ctx = ctx
@@ -68,13 +77,8 @@ class TrainingRuns:
         return self.ctx.workspace.labels_in_batches_after(last.label_batch if last else 0)
 
     def missing_for_first_model(self) -> list[str]:
-        """What the cold start still needs: "class 'bird': 0 of 2 labels" for every class with
-        fewer than `train.min_per_class` training labels (evaluation labels do not count)."""
         ws = self.ctx.workspace
-        params = ws.params()
-        counts = Counter(ws.label_splits().train.values())
-        need = params.train.min_per_class
-        return [f"class {c!r}: {counts[c]} of {need} labels" for c in params.data.classes if counts[c] < need]
+        return missing_for_first_model(ws.params(), ws.label_splits().train)
 
     def request(self, reason: str = "requested") -> None:
         """Queue a training run (START_TRAINING, a schedule, a person): the retrain job starts it."""

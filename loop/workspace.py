@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernel.errors import WorkspaceError
-from kernel.layout import IMAGES_DIR, LABELS_DIR, PARAMS_FILE, POOL_DIR, TEST_LABELS
+from kernel.layout import IMAGES_DIR, LABELS_DIR, PARAMS_FILE, POOL_DIR
 from loop.imports import ImportBatch, ImportReport
 from loop.ingest import FoundImage, SkippedFile
 from pipelines.labels import LabelEvent, current_annotations, read_events, write_shard
 from pipelines.params import Params, load_params
-from pipelines.prepare import LabelSplits, label_splits, read_test_labels
+from pipelines.prepare import LabelSplits, label_splits
 from pipelines.pool import PoolImage, next_batch_name, read_pool
 
 __all__ = ["Workspace", "Cursor"]
@@ -226,10 +226,6 @@ class Workspace:
     def label_splits(self) -> LabelSplits:
         """Training labels, evaluation labels, test labels and which set judges now."""
         return label_splits(self.params(), self.root)
-
-    def has_test_split(self) -> bool:
-        """Whether the user brought a labeled held-out test set (it judges every run)."""
-        return bool(read_test_labels(self.root / TEST_LABELS))
 
     def events(self) -> list[LabelEvent]:
         return read_events(self.root / LABELS_DIR)

@@ -79,7 +79,7 @@ def test_init_from_an_unlabeled_folder_keeps_every_readable_image_once(tmp_path)
     assert 5 <= len(evaluation) <= 25
     assert "eval" in ws.git("show", "HEAD:data/pool/init.csv")
     assert ws.params().evaluation.fraction == 0.25
-    assert not ws.has_test_split() and ws.events() == []
+    assert not ws.label_splits().test and ws.events() == []
     assert _remote_files(tmp_path / "remote") >= 60
     # Nothing labeled yet: cross-validation would judge; evaluation images are not training data.
     assert label_splits(ws.params(), ws.root).judged_by == "cv"
