@@ -8,7 +8,7 @@ UV := $(TOOLS)/bin/uv
 UV_VERSION := 0.13.9
 export LABELLOOP_LABEL_STUDIO_VENV ?= $(CURDIR)/$(LS_VENV)
 
-.PHONY: help venvs demo up test test-fast bench bench-serving bench-rescore bench-add bench-al lock clean
+.PHONY: help venvs demo up test test-fast bench bench-serving bench-rescore bench-add bench-s3 bench-al lock clean
 
 help:
 	@echo "make demo   set up (venvs) and run the whole loop once on the digits starter"
@@ -61,7 +61,7 @@ test-fast: venvs
 # the committed results are `make bench-al BENCH_AL_ARGS="--epochs 20"` (~95 min + the row).
 BENCH_AL_ARGS ?=
 
-bench: bench-serving bench-rescore bench-add bench-al
+bench: bench-serving bench-rescore bench-add bench-s3 bench-al
 
 bench-serving: $(VENV)/.project
 	$(VENV)/bin/python -m bench.serving
@@ -73,6 +73,10 @@ bench-rescore: venvs
 # 100 new images added to a 1,000- and a 10,000-image workspace, side by side (~5 min).
 bench-add: $(VENV)/.project
 	$(VENV)/bin/python -m bench.add_images
+
+# The same 500 images imported from a local folder and from an S3 prefix (moto on loopback).
+bench-s3: $(VENV)/.project
+	$(VENV)/bin/python -m bench.s3_import
 
 bench-al: $(VENV)/.project
 	$(VENV)/bin/python -m bench.active_learning $(BENCH_AL_ARGS)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -194,8 +194,20 @@ class Settings(BaseSettings):
         description="auto: the gate promotes a run that is not worse; manual: it marks it approved and "
         "`labelloop promote RUN` promotes it.",
     )
-    watch_folder: Path | None = Field(
-        default=None, description="A folder the scheduler syncs into the pool: new images become tasks.",
+    watch_folder: str | None = Field(
+        default=None,
+        description="A folder or an s3://bucket/prefix the scheduler syncs into the pool: new images become tasks.",
+    )
+    #: Read where boto reads it, so DVC, labelloop and Label Studio's S3 storage agree.
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("s3_endpoint_url", "LABELLOOP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="An S3-compatible server (MinIO, Ceph...); empty: AWS S3.",
+    )
+    s3_presign: bool = Field(
+        default=True,
+        description="Label Studio shows bucket images by presigned URLs (the annotators' browsers reach S3); "
+        "false: Label Studio proxies them (S3 reachable only inside a cluster).",
     )
     watch_interval_s: float = Field(default=60.0, gt=0, description="How often the watched folder is synced.")
     #: The default is the active-learning benchmark's winner (fewest labels to 95%, README).

@@ -3,6 +3,7 @@
 from labeling.gateway import (
     Annotation,
     LabelStudioGateway,
+    S3StorageCredentials,
     Task,
     TaskPrediction,
     classes_from_config,
@@ -14,6 +15,7 @@ __all__ = [
     "Annotation",
     "LabelStudioGateway",
     "QueueSettings",
+    "S3StorageCredentials",
     "ReviewState",
     "SimulatedAnnotator",
     "Task",

@@ -46,12 +46,16 @@ __all__ = [
     "IMAGE_TAG",
     "READ_ATTEMPTS",
     "RETRY_STATUSES",
+    "S3StorageCredentials",
 ]
 
 log = logging.getLogger(__name__)
 
 IMAGE_FIELD = "image"  # task data key holding the image URL
-NAME_FIELD = "name"  # task data key holding the workspace image name
+NAME_FIELD = "labelloop_image"  # task data key holding the workspace image name
+#: Where tasks made before an adopted project's own data could hold a "name" kept it: read
+#: only from a task whose data is labelloop's own ({image, name}), never written.
+LEGACY_NAME_FIELD = "name"
 CHOICE_TAG = "choice"
 IMAGE_TAG = "image"
 PAGE_SIZE = 500
@@ -108,14 +112,18 @@ def label_config(classes: Sequence[str]) -> str:
     )
 
 
-def classes_from_config(config: str) -> list[str]:
-    """The choices of the config's Choices control (parsed by the SDK, not by hand)."""
+def _choices_control(config: str):
+    """The config's Choices control (parsed by the SDK, not by hand): the generated
+    config's by name, else the first."""
     controls = [c for c in LabelInterface(config).controls if c.tag.lower() == "choices"]
     if not controls:
         raise LabelStudioError("the labeling config has no <Choices> control")
-    by_name = {c.name: c for c in controls}
-    control = by_name.get(CHOICE_TAG, controls[0])
-    return list(control.labels)
+    return {c.name: c for c in controls}.get(CHOICE_TAG, controls[0])
+
+
+def classes_from_config(config: str) -> list[str]:
+    """The choices of the config's Choices control."""
+    return list(_choices_control(config).labels)
 
 
 def _label_of(result: list[dict[str, Any]]) -> str | None:
@@ -127,10 +135,16 @@ def _label_of(result: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _choice_result(label: str) -> list[dict[str, Any]]:
-    """A prediction's or annotation's result for the generated labeling config."""
-    return [{"from_name": CHOICE_TAG, "to_name": IMAGE_TAG, "type": "choices",
-             "value": {"choices": [label]}}]
+def _choice_result(label: str, names: tuple[str, str] = (CHOICE_TAG, IMAGE_TAG)) -> list[dict[str, Any]]:
+    """A prediction's or annotation's result; `names`: the config's (Choices name, its
+    toName), the generated config's by default (an adopted project has its own)."""
+    return [{"from_name": names[0], "to_name": names[1], "type": "choices", "value": {"choices": [label]}}]
+
+
+def choice_names(config: str) -> tuple[str, str]:
+    """(name, toName) of the config's Choices control."""
+    control = _choices_control(config)
+    return control.name, (control.to_name or [IMAGE_TAG])[0]
 
 
 def _queue_score(score: float) -> float:
@@ -158,6 +172,9 @@ def _iso(value: Any) -> str:
     return str(value or "")
 
 
+_LEGACY_KEYS = {IMAGE_FIELD, LEGACY_NAME_FIELD}
+
+
 def _task(raw: dict[str, Any]) -> Task:
     data = raw.get("data") or {}
     annotations = tuple(
@@ -173,7 +190,8 @@ def _task(raw: dict[str, Any]) -> Task:
     )
     return Task(
         id=int(raw["id"]),
-        image_name=str(data.get(NAME_FIELD, "")),
+        image_name=str(data.get(NAME_FIELD) or (data.get(LEGACY_NAME_FIELD) if set(data) <= _LEGACY_KEYS else "")
+                       or ""),
         image_url=str(data.get(IMAGE_FIELD, "")),
         updated_at=_iso(raw.get("updated_at")),
         annotations=annotations,
@@ -191,6 +209,21 @@ def _transient(exc: BaseException) -> bool:
 def _body(exc: ApiError) -> str:
     text = exc.body if isinstance(exc.body, str) else json.dumps(exc.body, default=str)
     return text if len(text) <= 300 else text[:300] + "..."
+
+
+@dataclass(frozen=True)
+class S3StorageCredentials:
+    """What Label Studio's S3 storage needs to read a bucket and presign URLs; `repr` hides
+    the secrets (they go to Label Studio, never to a log)."""
+
+    access_key_id: str | None
+    secret_access_key: str | None
+    session_token: str | None
+    region: str | None
+    endpoint_url: str | None  # an S3-compatible server; None: AWS
+
+    def __repr__(self) -> str:
+        return f"S3StorageCredentials(endpoint_url={self.endpoint_url!r}, region={self.region!r}, keys=<hidden>)"
 
 
 #: The Data Manager tab labelloop keeps ordered by prediction score.
@@ -223,6 +256,7 @@ class LabelStudioGateway:
             base_url=self.url, api_key=api_key, timeout=timeout_s, max_retries=0, httpx_client=http_client,
         )
         self._wait = wait_exponential(multiplier=retry_wait_s, max=8)
+        self._names: dict[int, tuple[str, str]] = {}  # project -> its Choices (name, toName)
 
     # --- the one place SDK calls are made, retried and translated ----------------------
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -316,6 +350,35 @@ class LabelStudioGateway:
             use_blob_urls=True,
         )
 
+    def ensure_s3_storage(self, project_id: int, bucket: str, credentials: S3StorageCredentials, *,
+                          presign: bool = True) -> None:
+        """An S3 source storage over the bucket, so Label Studio resolves the tasks' s3:// URLs
+        at `/tasks/<id>/resolve/` (for the browser and the ML backend alike): a redirect to a
+        presigned URL, or with `presign=False` the bytes proxied by Label Studio (for S3 the
+        browsers cannot reach). Never synced: labelloop imports the tasks itself.
+        `credentials`: access key, secret, session token, region, endpoint; never logged."""
+        storages = self._read("list S3 storages", self._client.import_storage.s3.list, project=project_id)
+        if any(s.bucket == bucket for s in storages):
+            return
+        self._call(
+            "create the S3 storage",
+            self._client.import_storage.s3.create,
+            project=project_id,
+            bucket=bucket,
+            title=f"labelloop s3://{bucket}",
+            presign=presign,
+            use_blob_urls=True,
+            recursive_scan=True,
+            **{key: value for key, value in {
+                "aws_access_key_id": credentials.access_key_id,
+                "aws_secret_access_key": credentials.secret_access_key,
+                "aws_session_token": credentials.session_token,
+                "region_name": credentials.region,
+                "s3endpoint": credentials.endpoint_url,
+            }.items() if value},
+        )
+        log.info("project %s: S3 storage over bucket %s", project_id, bucket)
+
     # --- tasks ---------------------------------------------------------------------
     def _tasks(
         self, project_id: int, filters: list[dict[str, Any]] | None, *, with_annotations: bool = True,
@@ -333,7 +396,8 @@ class LabelStudioGateway:
 
     def task_images(self, project_id: int) -> dict[int, str]:
         """Every task's id and image name (task rows only: no annotations, no predictions)."""
-        return {t.id: t.image_name for t in self._tasks(project_id, None, with_annotations=False)}
+        # Unnamed tasks (an adopted project's task whose image could not be had) are no pool image.
+        return {t.id: t.image_name for t in self._tasks(project_id, None, with_annotations=False) if t.image_name}
 
     def tasks_updated_since(self, project_id: int, since: str | None) -> list[Task]:
         """Annotated tasks updated at or after `since` (every annotated task if None).
@@ -359,15 +423,11 @@ class LabelStudioGateway:
                 tasks.append(_task(raw))
         return tasks
 
-    def import_images(
-        self, project_id: int, names: Iterable[str], url_prefix: str, *, paths: Mapping[str, str] | None = None,
-    ) -> dict[int, str]:
-        """Import images as tasks (URL: `url_prefix` + the image's path in `paths`, else its
-        name), skipping names already imported. Returns every task of the project:
-        {task id: image name}."""
+    def import_images(self, project_id: int, names: Iterable[str], urls: Mapping[str, str]) -> dict[int, str]:
+        """Import images as tasks (`urls[name]`: where Label Studio shows it from), skipping
+        names already imported. Returns every task of the project: {task id: image name}."""
         tasks = self.task_images(project_id)
         existing = set(tasks.values())
-        paths = paths or {}
         new = [n for n in names if n not in existing]
         for start in range(0, len(new), TASK_IMPORT_CHUNK):
             chunk = new[start : start + TASK_IMPORT_CHUNK]
@@ -375,7 +435,7 @@ class LabelStudioGateway:
                 "import tasks",
                 self._client.projects.import_tasks,
                 id=project_id,
-                request=[{IMAGE_FIELD: f"{url_prefix}{paths.get(n, n)}", NAME_FIELD: n} for n in chunk],
+                request=[{IMAGE_FIELD: urls[n], NAME_FIELD: n} for n in chunk],
                 return_task_ids=True,
             )
             ids = getattr(response, "task_ids", None)
@@ -385,15 +445,24 @@ class LabelStudioGateway:
         return tasks
 
     # --- predictions and queue -------------------------------------------------------
+    def _choice_names(self, project_id: int) -> tuple[str, str]:
+        """The project's (Choices name, toName), read once per gateway: pre-labels must
+        name the project's own control (an adopted project's config is not generated)."""
+        if project_id not in self._names:
+            config = self._read("read the project's labeling config", self._client.projects.get, id=project_id)
+            self._names[project_id] = choice_names(config.label_config or "")
+        return self._names[project_id]
+
     def push_predictions(self, project_id: int, predictions: Sequence[TaskPrediction]) -> int:
         if not predictions:
             return 0
+        names = self._choice_names(project_id)
         payload = [
             {
                 "task": p.task_id,
                 "model_version": p.model_version,
                 "score": _queue_score(p.score),
-                "result": _choice_result(p.label) if p.label is not None else [],
+                "result": _choice_result(p.label, names) if p.label is not None else [],
             }
             for p in predictions
         ]
@@ -498,3 +567,62 @@ class LabelStudioGateway:
                     self._call("set the webhook headers", self._client.webhooks.update,
                                id=hook.id, url=hook.url, headers=webhook_headers)
         return backend_id
+
+    # --- adopting an existing project (`labelloop init --from-project`) -----------------
+    def project_summary(self, project_id: int) -> ProjectSummary | None:
+        """The project's title, labeling config and task count; None when there is no such
+        project (or the token's user cannot see it)."""
+        raw = self._get(f"api/projects/{int(project_id)}/")
+        if raw is None:
+            return None
+        return ProjectSummary(id=int(raw["id"]), title=str(raw.get("title") or ""),
+                              label_config=str(raw.get("label_config") or ""),
+                              tasks=int(raw.get("task_number") or 0))
+
+    def project_tasks(self, project_id: int, *, annotated: bool | None = None) -> Iterable[ProjectTask]:
+        """The project's tasks in id order, page by page (one page in memory at a time), with
+        their data exactly as stored (`resolve_uri=false`: a cloud URI stays `s3://...`; the
+        SDK's models would turn numbers in `data` into strings). `annotated`: only tasks with
+        (True) or without (False) a non-cancelled annotation; None: all."""
+        from urllib.parse import urlencode
+
+        params: dict[str, Any] = {"project": int(project_id), "fields": "task_only", "resolve_uri": "false",
+                                  "page_size": PAGE_SIZE}
+        if annotated is not None:
+            params["query"] = json.dumps({"filters": {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:total_annotations", "operator": "greater" if annotated else "equal",
+                 "type": "Number", "value": 0}]}})
+        page, seen = 1, 0
+        while True:
+            raw = self._get(f"api/tasks/?{urlencode({**params, 'page': page})}")
+            rows = (raw or {}).get("tasks") or []  # None: past the last page (Label Studio answers 404)
+            for row in rows:
+                yield ProjectTask(id=int(row["id"]), data=dict(row.get("data") or {}),
+                                  annotations=int(row.get("total_annotations") or 0))
+            seen += len(rows)
+            if not rows or seen >= int((raw or {}).get("total") or 0):
+                return
+            page += 1
+
+    def set_task_name(self, task_id: int, data: Mapping[str, Any], name: str) -> None:
+        """Stamp a task with the workspace image it shows (`data[NAME_FIELD]`, what the
+        collector maps annotations by), keeping the rest of its data: Label Studio replaces
+        a task's data as a whole on update."""
+        self._call("name a task", self._client.tasks.update, id=str(task_id), data={**data, NAME_FIELD: name})
+
+
+@dataclass(frozen=True)
+class ProjectSummary:
+    id: int
+    title: str
+    label_config: str
+    tasks: int  # how many tasks the project holds
+
+
+@dataclass(frozen=True)
+class ProjectTask:
+    """A task as stored in Label Studio, for adopting a project."""
+
+    id: int
+    data: dict[str, Any]
+    annotations: int  # non-cancelled annotations (Label Studio's `total_annotations`)

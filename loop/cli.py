@@ -39,6 +39,7 @@ from kernel.settings import Settings
 from loop.core import Loop
 from loop.imports import ImportReport
 from loop.ingest import classes_from_label_config, parse_classes
+from loop.s3images import is_s3_url
 
 if TYPE_CHECKING:
     from loop.stack import StackLock
@@ -73,7 +74,7 @@ def _setup(
         level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
-    for noisy in ("httpx", "dvc", "apscheduler.executors.default", "filelock"):
+    for noisy in ("httpx", "dvc", "apscheduler.executors.default", "filelock", "botocore", "aiobotocore", "s3fs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # "skipped: maximum number of running instances reached" is max_instances=1 working.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
@@ -82,14 +83,18 @@ def _setup(
 @app.command()
 def init(
     directory: Annotated[Optional[Path], typer.Argument(help="Workspace directory (default: settings)")] = None,
-    images: Annotated[Optional[Path], typer.Option(
-        help="A folder of images, unlabeled or not (nested folders; PNG, JPEG, WebP, BMP, TIFF, GIF)")] = None,
+    images: Annotated[Optional[str], typer.Option(
+        help="A folder, or s3://bucket/prefix, of images, unlabeled or not (nested; PNG, JPEG, WebP, BMP, "
+             "TIFF, GIF)")] = None,
     classes: Annotated[Optional[str], typer.Option(help='With --images: the class names, "cat,dog,bird"')] = None,
     label_config: Annotated[Optional[Path], typer.Option(
         help="With --images: take the classes from a Label Studio config (one Image, one Choices tag)")] = None,
     labels: Annotated[Optional[Path], typer.Option(help="With --images: a CSV image,label of labels you have")] = None,
     labels_from_folders: Annotated[bool, typer.Option(
         help="With --images: images in a <class>/ folder are labeled with that class")] = False,
+    from_project: Annotated[Optional[int], typer.Option(
+        help="Adopt this Label Studio project (its id): its images become the pool, its annotations the "
+             "first labels, its config the classes")] = None,
     image_size: Annotated[int, typer.Option(help="Model input size (pixels per side)")] = 8,
     starter: Annotated[str, typer.Option(help="Starter dataset (labeled, with a test split)")] = "digits",
     from_folder: Annotated[Optional[Path], typer.Option(
@@ -99,6 +104,16 @@ def init(
 ) -> None:
     """Create the data workspace: git + DVC + remote, params.yaml, dvc.yaml, the images."""
     settings = _settings(workspace=directory)
+    if from_project is not None:
+        if images is not None or classes or label_config or labels or labels_from_folders:
+            raise typer.BadParameter("--from-project takes the images and classes from the project: "
+                                     "leave out --images, --classes, --label-config and --labels")
+        with _progress() as progress:
+            adopted = Loop(settings).init_from_project(from_project, image_size=image_size, progress=progress)
+        _print_import(adopted.imports)  # the tasks not adopted are its skipped items, with the reason
+        console.print(f"{adopted.summary}. Workspace {settings.workspace}; remote {settings.remote_url}. "
+                      "Next: `labelloop up`: the existing annotations are collected as the first labels")
+        return
     if images is None:
         if classes or label_config or labels or labels_from_folders:
             raise typer.BadParameter("--classes, --label-config, --labels and --labels-from-folders go with --images")
@@ -112,7 +127,7 @@ def init(
     names = parse_classes(classes) if classes is not None else classes_from_label_config(_read(label_config))
     with _progress() as progress:
         report = Loop(settings).init_from_images(
-            images, names, labels_csv=labels, labels_from_folders=labels_from_folders, image_size=image_size,
+            _image_source(images), names, labels_csv=labels, labels_from_folders=labels_from_folders, image_size=image_size,
             progress=progress)
     _print_import(report)
     console.print(f"workspace {settings.workspace}: classes {', '.join(names)}; remote {settings.remote_url}. "
@@ -121,18 +136,23 @@ def init(
 
 @app.command()
 def add(
-    path: Annotated[Path, typer.Argument(help="A folder (or one file) of new images")],
+    path: Annotated[str, typer.Argument(help="A folder (or one file), or s3://bucket/prefix, of new images")],
     labels: Annotated[Optional[Path], typer.Option(help="A CSV image,label of labels you have")] = None,
     labels_from_folders: Annotated[bool, typer.Option(
         help="Images in a <class>/ folder are labeled with that class")] = False,
 ) -> None:
     """Add new images to the pool: one data commit, Label Studio tasks, scored into the queue."""
     with _progress() as progress:
-        report = Loop(_settings()).add(path, labels_csv=labels, labels_from_folders=labels_from_folders,
+        report = Loop(_settings()).add(_image_source(path), labels_csv=labels, labels_from_folders=labels_from_folders,
                                        progress=progress)
     _print_import(report)
     if report.commit and report.tasks_imported:
         console.print(f"{report.tasks_imported} new Label Studio tasks; {report.queued} tasks queued")
+
+
+def _image_source(text: str) -> Path | str:
+    """An s3:// URL as is (a Path would fold its '//'), anything else a local path."""
+    return text if is_s3_url(text) else Path(text).expanduser()
 
 
 def _read(path: Path) -> str:

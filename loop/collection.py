@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from labeling import Task
+from labeling.gateway import NAME_FIELD
 from loop.context import LoopContext
 from loop.state import utcnow
 from loop.workspace import Cursor
@@ -36,6 +37,7 @@ def annotation_events(
     known: dict[int, LabelEvent],
     known_by_task: dict[int, set[int]],
     classes: set[str],
+    images: set[str] | None = None,
 ) -> list[LabelEvent]:
     """What changed in these tasks since the workspace last recorded them.
 
@@ -44,7 +46,13 @@ def annotation_events(
     collecting the same tasks twice adds nothing (exactly once).
     """
     events: list[LabelEvent] = []
+    unnamed = 0
     for task in tasks:
+        # A task showing no image of the pool (an adopted project's task whose image could not
+        # be had, a task someone added by hand) gives no labels: a label needs its image.
+        if not task.image_name or (images is not None and task.image_name not in images):
+            unnamed += any(not ann.was_cancelled for ann in task.annotations)
+            continue
         present: set[int] = set()
         for ann in task.annotations:
             usable = not ann.was_cancelled and ann.label is not None
@@ -68,6 +76,10 @@ def annotation_events(
                 image=held.image, label=held.label, op="delete", task_id=task.id,
                 annotation_id=gone, annotation_updated_at=task.updated_at, annotator=held.annotator,
             ))
+    if unnamed:
+        log.warning("%d annotated task(s) show no image of the pool (no %r in their data naming one, e.g. an "
+                    "adopted project's task whose image could not be fetched, or a task added by hand): their "
+                    "annotations are not collected", unnamed, NAME_FIELD)
     return events
 
 
@@ -118,7 +130,7 @@ class Collection:
             recheck -= {t.id for t in tasks}
             tasks += ctx.gateway.tasks_by_id(sorted(t for t in recheck if t is not None))
             cp("collect:rechecked")
-            events = annotation_events(tasks, known, by_task, set(ws.classes()))
+            events = annotation_events(tasks, known, by_task, set(ws.classes()), set(ws.pool_index()))
             cp("collect:diffed")
             ctx.state.set_marks(last_collect=utcnow(), **({"last_full_collect": utcnow()} if full else {}))
             cp("collect:last-collect-saved")

@@ -2,6 +2,7 @@
 each method hands the work to the part with that one job.
 
 init/add  `loop.provision`: images -> one data commit per import batch -> Label Studio tasks
+          (`loop.adoption`: an existing Label Studio project's tasks -> the pool)
 collect   `Collection`: Label Studio annotations -> label shard -> one git commit -> dvc push
 train     `TrainingRuns`: data commit -> launcher (dvc repro) -> evaluation gate -> promotion
 rescore   `QueueKeeper`: promoted model -> pool predictions -> Label Studio's queue order
@@ -17,6 +18,7 @@ from pathlib import Path
 from kernel.errors import ConfigError, LabelloopError, NoModelError, TrainingBusyError
 from kernel.settings import Settings
 from labeling import LabelStudioGateway
+from loop.adoption import AdoptionReport, adopt_project
 from loop.collection import Collection, CollectResult
 from loop.context import LoopContext
 from loop.launchers import Launcher, make_launcher
@@ -24,6 +26,7 @@ from loop.imports import ImportReport
 from loop.promotions import Promotions, current_user
 from loop.provision import add_images, connect_project, create_workspace, create_workspace_from_images
 from loop.queue import Progress, QueueKeeper
+from loop.s3images import is_s3_url
 from loop.state import RunRecord, StateStore
 from loop.status import LoopStatus, status_report
 from loop.training import TRAINING_LEASE, TrainingRuns
@@ -48,8 +51,9 @@ class Loop:
         self.training = TrainingRuns(self.context, launcher or make_launcher(settings), self.promotions)
         self.queue = QueueKeeper(self.context, get_strategy(settings.query_strategy))
         self.collection = Collection(self.context, on_training_requested=self.training.request)
-        #: Files of the watched folder already imported, with the (size, mtime) they had.
-        self._watched: dict[str, tuple[int, int]] = {}
+        #: Files (objects) of the watched folder (prefix) already imported, with the
+        #: (size, mtime) (ETag) they had.
+        self._watched: dict[str, tuple] = {}
 
     @property
     def workspace(self) -> Workspace:  # replaced by `init`
@@ -68,30 +72,40 @@ class Loop:
         return self.context.workspace
 
     def init_from_images(
-        self, folder: Path, classes: Sequence[str], *, labels_csv: Path | None = None,
+        self, folder: Path | str, classes: Sequence[str], *, labels_csv: Path | None = None,
         labels_from_folders: bool = False, image_size: int = 8, evaluation: EvalParams | None = None,
         progress: Progress | None = None,
     ) -> ImportReport:
-        """A workspace from a folder of unlabeled images (`labelloop init --images`)."""
+        """A workspace from a folder (or an s3:// prefix) of unlabeled images (`labelloop init --images`)."""
         self.context.workspace, report = create_workspace_from_images(
             self.settings, folder, classes, labels_csv=labels_csv, labels_from_folders=labels_from_folders,
             image_size=image_size, evaluation=evaluation, progress=progress)
         self.state.set_marks(pushed_commit=report.commit)  # creation pushes
         return report
 
-    def add(self, folder: Path, *, labels_csv: Path | None = None, labels_from_folders: bool = False,
+    def init_from_project(self, project_id: int, *, image_size: int = 8,
+                          progress: Progress | None = None) -> AdoptionReport:
+        """A workspace from an existing Label Studio project (`labelloop init --from-project`):
+        its images become the pool, its annotations the first labels (at the next collect)."""
+        self.context.workspace, report = adopt_project(self.context, project_id, image_size=image_size,
+                                                       progress=progress)
+        return report
+
+    def add(self, folder: Path | str, *, labels_csv: Path | None = None, labels_from_folders: bool = False,
             progress: Progress | None = None) -> ImportReport:
         """New images -> one data commit -> Label Studio tasks -> scored into the queue."""
         return add_images(self.context, self.queue, folder, labels_csv=labels_csv,
                           labels_from_folders=labels_from_folders, progress=progress)
 
     def sync_watched_folder(self) -> ImportReport | None:
-        """The scheduler's `watch` job: files already seen unchanged by this process are not
-        read again, so a sync costs the new files (the first sync after a start reads all)."""
-        folder = self.settings.watch_folder
-        if folder is None:
+        """The scheduler's `watch` job (a folder or an s3:// prefix): files (objects) already
+        seen unchanged by this process are not read again, so a sync costs the new ones (the
+        first sync after a start reads all)."""
+        watched = self.settings.watch_folder
+        if watched is None:
             return None
-        if not folder.is_dir():
+        folder: Path | str = watched if is_s3_url(watched) else Path(watched)
+        if isinstance(folder, Path) and not folder.is_dir():
             raise ConfigError(f"the watched folder {folder} (LABELLOOP_WATCH_FOLDER) is not a directory")
         report = add_images(self.context, self.queue, folder, seen=self._watched)
         if report.commit:

@@ -65,14 +65,16 @@ class ImportBatch:
                 else:
                     self.report.skipped.append(item)
                 continue
-            self._add(item.name, item.sha256, item.label, str(item.source),
-                      copy=lambda dest, src=item.source: shutil.copyfile(src, dest))
+            self._add(item.name, item.sha256, item.label, item.where,
+                      copy=lambda dest, src=item.source: shutil.copyfile(src, dest),
+                      eval_eligible=item.eval_eligible)
 
     def add_bytes(self, name: str, sha256: str, data: bytes, *, split: Split, label: str | None = None) -> None:
         """A starter image with its split decided by the caller (seed/pool)."""
         self._add(name, sha256, label, "", copy=lambda dest: dest.write_bytes(data), split=split)
 
-    def _add(self, name: str, sha256: str, label: str | None, source: str, *, copy, split: Split | None = None) -> None:
+    def _add(self, name: str, sha256: str, label: str | None, source: str, *, copy, split: Split | None = None,
+             eval_eligible: bool = True) -> None:
         if sha256 in self._known:
             self.report.already_in_pool += 1
             return
@@ -81,7 +83,7 @@ class ImportBatch:
         copy(self.images_dir / name)
         if split is None:
             # The user's own labels stay training labels; the sample comes from unlabeled images.
-            wanted = label is None and in_eval_sample(sha256, self._eval.fraction, self._eval.seed)
+            wanted = label is None and eval_eligible and in_eval_sample(sha256, self._eval.fraction, self._eval.seed)
             split = "eval" if wanted and self._eval_held < self._eval.max_images else "pool"
         if split == "eval":
             self._eval_held += 1

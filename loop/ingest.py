@@ -23,10 +23,12 @@ from pipelines.images import sniff_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "DownloadExaminer",
     "FoundImage",
     "SkippedFile",
     "classes_from_label_config",
     "count_candidates",
+    "image_suffix",
     "parse_classes",
     "read_labels_csv",
     "scan_images",
@@ -41,22 +43,72 @@ _STORED_SUFFIX = {".jpeg": ".jpg", ".tif": ".tiff"}
 
 @dataclass(frozen=True)
 class FoundImage:
-    source: Path  # the file found
+    source: Path  # a local file holding the bytes: the user's file, or a download (see `origin`)
     sha256: str  # hex digest of the file's bytes
     suffix: str  # lower-case extension of the stored copy (".jpeg" -> ".jpg", ".tif" -> ".tiff")
     label: str | None  # a label the user already has (class folder or CSV), else None
+    origin: str | None = None  # where a downloaded image lives ("s3://bucket/key", a task's URL)
+    eval_eligible: bool = True  # False: never drawn into the evaluation set (it is labeled elsewhere)
 
     @property
     def name(self) -> str:
         """The workspace's image name: immutable and content-addressed."""
         return self.sha256[:20] + self.suffix
 
+    @property
+    def where(self) -> str:
+        """Where the user keeps it: recorded in the pool shard, shown in reports."""
+        return self.origin or str(self.source)
+
 
 @dataclass(frozen=True)
 class SkippedFile:
-    source: Path
+    source: Path | str  # a local path, or where a remote object lives ("s3://bucket/key")
     reason: str
     duplicate: bool = False  # the same content as a usable file found earlier in the scan
+
+
+class DownloadExaminer:
+    """Examines images fetched from elsewhere (an S3 object, a Label Studio task) one
+    temporary file at a time, as `scan_images` examines local files: hashed, deduplicated
+    within the scan, decoded in full (`sniff_image`). One examiner per scan."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, str | None]] = {}  # sha256 -> (first origin, its skip reason)
+
+    def examine(self, path: Path, origin: str, *, suffix: str, label: str | None = None,
+                eval_eligible: bool = True) -> FoundImage | SkippedFile:
+        """`path`: the downloaded bytes (the caller deletes it once the item is consumed);
+        `suffix`: the extension the origin names (".jpeg"...), else the format's own."""
+        with path.open("rb") as fh:
+            sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+        if sha256 in self._seen:
+            first, first_reason = self._seen[sha256]
+            return SkippedFile(origin, first_reason or f"duplicate of {first}", duplicate=first_reason is None)
+        reason = sniff_image(path)
+        self._seen[sha256] = (origin, reason)
+        if reason is not None:
+            return SkippedFile(origin, reason)
+        suffix = suffix.lower()
+        return FoundImage(path, sha256, _STORED_SUFFIX.get(suffix, suffix), label, origin=origin,
+                          eval_eligible=eval_eligible)
+
+
+def image_suffix(name: str, path: Path) -> str:
+    """The extension of a remote name when it is an image's, else the one Pillow's format
+    implies (objects and URLs often carry no extension)."""
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return suffix
+    from PIL import Image  # only for nameless downloads
+
+    try:
+        with Image.open(path) as image:
+            fmt = (image.format or "").lower()
+    except Exception:  # noqa: BLE001 - sniff_image reports what is wrong with it
+        return ".bin"
+    return {"jpeg": ".jpg", "tiff": ".tiff", "png": ".png", "webp": ".webp", "bmp": ".bmp",
+            "gif": ".gif"}.get(fmt, ".bin")
 
 
 def parse_classes(text: str) -> list[str]:

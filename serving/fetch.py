@@ -11,7 +11,11 @@
   short-lived `Bearer` access tokens, refreshed again on 401);
 - absolute http(s) URLs: fetched without Label Studio's credentials (unless they point at
   Label Studio itself: a token never leaves for another host);
-- data URIs: decoded in place.
+- data URIs: decoded in place;
+- cloud storage URIs (`s3://bucket/key`, `gs://`, `azure-blob://`): resolved by Label Studio
+  through the project's storage at `/tasks/<id>/resolve/` (`storage_resolve_path`), which
+  redirects to a presigned URL (fetched without Label Studio's credentials) or proxies the
+  bytes: the service needs no cloud credentials of its own.
 
 A task whose image cannot be had from where it is (unreachable, refused) is a `FetchError`,
 whose message says which setting to fix; a task without an image URL, or bytes or text that
@@ -41,6 +45,7 @@ from kernel.errors import BadInputError, FetchError, LabelloopError
 
 __all__ = [
     "ImageFetcher", "LabelStudioTokenAuth", "OutsideRootError", "decode_base64", "local_file", "none_usable",
+    "storage_resolve_path",
 ]
 
 #: Where Label Studio serves local files; `d=` is the path under its document root.
@@ -52,6 +57,11 @@ WHOAMI_PATH = "/api/current-user/whoami"
 CHECK_TTL_S = 60.0
 #: Label Studio gives `/setup` 3 s: the check must answer well within that.
 CHECK_TIMEOUT_S = 2.0
+
+#: URI schemes of Label Studio's cloud storages, which it resolves per task.
+STORAGE_SCHEMES = ("s3://", "gs://", "azure-blob://", "azure-spi://")
+#: Presigned URLs may redirect once more (a regional endpoint); more is a loop.
+MAX_REDIRECTS = 3
 
 _URL_HINT = "set LABELLOOP_LABEL_STUDIO_URL to the address the service reaches Label Studio at"
 _TOKEN_HINT = ("set LABELLOOP_LABEL_STUDIO_API_KEY to a personal access token (or a legacy token, with "
@@ -108,6 +118,14 @@ def none_usable(problems: Sequence[LabelloopError | None]) -> LabelloopError | N
     if fetch:
         return FetchError(f"could not fetch any task image of this request ({len(fetch)} of {n} tasks): {first}")
     return BadInputError(f"no task of this request has a usable image ({n} of {n}): {first}")
+
+
+def storage_resolve_path(url: str, task_id: int | None) -> str:
+    """For a cloud storage URI, the path at which Label Studio resolves it for this task
+    (the way its own frontend fetches it); any other URL as is."""
+    if task_id is None or not url.startswith(STORAGE_SCHEMES):
+        return url
+    return f"/tasks/{int(task_id)}/resolve/?fileuri={base64.urlsafe_b64encode(url.encode()).decode()}"
 
 
 def _is_personal_access_token(token: str) -> bool:
@@ -258,13 +276,23 @@ class ImageFetcher:
             try:
                 if to_label_studio:
                     response = await label_studio.get(absolute, auth=self._label_studio_auth())
+                    for _ in range(MAX_REDIRECTS):  # a storage URI resolved to a presigned URL
+                        if not (response.is_redirect and (location := response.headers.get("location"))):
+                            break
+                        target = str(response.url.join(location))
+                        if target.startswith(self.label_studio_url + "/"):
+                            response = await label_studio.get(target, auth=self._label_studio_auth())
+                        else:  # the credentials stay with Label Studio: the signature is in the URL
+                            response = await open_web.get(target)
                 else:
                     response = await open_web.get(absolute)
             except httpx.HTTPError as exc:
                 hint = f" at {self.label_studio_url}; {_URL_HINT}" if to_label_studio else ""
                 raise FetchError(f"cannot fetch {_redact(url)}: {type(exc).__name__}{hint}") from exc
         if response.status_code != 200:
-            refused = to_label_studio and response.status_code in (401, 403)
+            # The host that refused: a presigned URL's 403 (a missing object, an expired
+            # signature) is no fault of Label Studio's token.
+            refused = str(response.url).startswith(self.label_studio_url + "/") and response.status_code in (401, 403)
             hint = f" from Label Studio at {self.label_studio_url}: {_TOKEN_HINT}" if refused else ""
             raise FetchError(f"cannot fetch {_redact(url)}: HTTP {response.status_code}{hint}")
         if len(response.content) > self.max_image_bytes:

@@ -38,7 +38,7 @@ from pipelines.images import decode_image
 from pipelines.strategies import get_strategy, per_image_scores
 from serving import errors
 from serving.events import spool_event
-from serving.fetch import ImageFetcher, OutsideRootError, decode_base64, none_usable
+from serving.fetch import ImageFetcher, OutsideRootError, decode_base64, none_usable, storage_resolve_path
 from serving.guard import Guard, GuardConfig
 from serving.inference import NO_MODEL, ModelSlot
 from serving.labeling_config import ChoiceTarget, check_classes, parse_label_config
@@ -298,7 +298,7 @@ class Labelloop:
         info = await self.worker.info()
         if info is None:
             raise NoModelError(NO_MODEL)
-        urls = [str(t.data.get(target.data_key) or "") for t in request.tasks]
+        urls = [storage_resolve_path(str(t.data.get(target.data_key) or ""), t.id) for t in request.tasks]
         fetched = await self.fetcher.fetch_many(urls)
         checks = await anyio.to_thread.run_sync(
             lambda: [_decodes(item) if isinstance(item, bytes) else item for item in fetched]

@@ -12,6 +12,7 @@ import pytest
 from loop.core import Loop
 from kernel.settings import Settings
 from loop.stack import LabelStudioServer, free_port
+from tests.helpers.s3 import S3_ENV, S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 LS_VENV = Path(os.environ.get("LABELLOOP_LABEL_STUDIO_VENV", REPO / ".venv-labelstudio"))
@@ -47,6 +48,22 @@ def label_studio(tmp_path_factory, files_root) -> LabelStudioServer:
     server = LabelStudioServer(settings, base / "data").start(timeout_s=400)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> S3Server:
+    """ONE real S3 API on loopback per session; each test uses its own buckets."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> S3Server:
+    """boto's usual places point at the loopback server: DVC, s3fs and labelloop read them."""
+    for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_server.url}.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
 
 
 @pytest.fixture

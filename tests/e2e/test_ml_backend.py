@@ -23,6 +23,7 @@ import pytest
 from kernel.errors import LabelStudioError
 from labeling.gateway import LabelStudioGateway
 from labeling.simulated import SimulatedAnnotator
+from loop.s3images import s3_credentials
 from loop.stack import ServiceServer
 from serving import PredictionClient, PromotionRecord, write_promotion
 from serving.fetch import ImageFetcher
@@ -82,7 +83,7 @@ def test_label_studio_uses_the_service_as_its_ml_backend(backend_setup, files_ro
     project = gateway.ensure_project(settings.project_title, CLASSES)
     gateway.ensure_local_storage(project, images)
     prefix = f"/data/local-files/?d={images.relative_to(files_root)}/"
-    tasks = gateway.import_images(project, names[:100], prefix)
+    tasks = gateway.import_images(project, names[:100], {n: prefix + n for n in names[:100]})
     assert len(tasks) == 100
 
     backend_id = gateway.connect_ml_backend(
@@ -129,7 +130,8 @@ def test_a_retrieve_whose_images_all_fail_stores_no_predictions(backend_setup, f
     project = gateway.ensure_project(f"{settings.project_title}-missing", CLASSES)
     gateway.ensure_local_storage(project, images)
     prefix = f"/data/local-files/?d={images.relative_to(files_root)}/"
-    tasks = gateway.import_images(project, ["gone-1.png", "gone-2.png", "gone-3.png"], prefix)
+    gone = ["gone-1.png", "gone-2.png", "gone-3.png"]
+    tasks = gateway.import_images(project, gone, {n: prefix + n for n in gone})
     gateway.connect_ml_backend(project, server.url, "labelloop", basic_auth=(USER, PASSWORD))
     failures_before = (PredictionClient(server.url).image_fetch_failures() or {}).get("fetch", 0)
     annotator.retrieve_predictions(project, list(tasks))
@@ -166,6 +168,30 @@ def test_local_files_are_read_from_the_shared_root_measured_against_label_studio
     assert len(r.json()["results"]) == N_LOCAL
     print(f"{N_LOCAL} local files: fetched over Label Studio's HTTP {http_s:.2f} s, read from the shared root "
           f"{direct_s:.3f} s; one /predict of {N_LOCAL} local-file tasks (direct) {predict_s:.2f} s")
+
+
+def test_tasks_in_a_bucket_get_predictions_through_label_studio_s3_storage(backend_setup, s3_env):
+    """Tasks whose images live in S3 (s3:// URIs, an S3 source storage on a loopback S3
+    server): one "Retrieve predictions" stores a prediction for each. The service holds no
+    S3 credentials (it started without them): it asks Label Studio to resolve each URI and
+    follows the redirect to the presigned URL."""
+    settings, server, images, names, run = backend_setup
+    s3 = s3_env.client()
+    s3.create_bucket(Bucket="backend-photos")
+    urls = {}
+    for name in names[:6]:
+        s3.put_object(Bucket="backend-photos", Key=f"digits/{name}", Body=(images / name).read_bytes())
+        urls[name] = f"s3://backend-photos/digits/{name}"
+    gateway = LabelStudioGateway(settings.label_studio_url, settings.label_studio_token())
+    annotator = SimulatedAnnotator(gateway)
+    project = gateway.ensure_project(f"{settings.project_title}-s3", CLASSES)
+    gateway.ensure_s3_storage(project, "backend-photos", s3_credentials(s3_env.url))
+    tasks = gateway.import_images(project, list(urls), urls)
+    gateway.connect_ml_backend(project, server.url, "labelloop", basic_auth=(USER, PASSWORD))
+    annotator.retrieve_predictions(project, list(tasks))
+    predicted = {t: annotator.task_predictions(t) for t in tasks}
+    assert all(len(p) == 1 for p in predicted.values()), predicted
+    assert all(p[0]["result"][0]["value"]["choices"][0] in CLASSES for p in predicted.values())
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from kernel.errors import BadInputError, FetchError
-from serving.fetch import ImageFetcher, OutsideRootError, local_file, none_usable
+from serving.fetch import ImageFetcher, OutsideRootError, local_file, none_usable, storage_resolve_path
 
 LS = "http://ls.test"
 PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl"
@@ -240,3 +240,30 @@ def test_setup_credentials_serve_where_settings_are_unset_and_the_latest_wins():
     configured.use_label_studio("http://elsewhere.test", "project-token")  # settings win
     run(configured.fetch("/data/upload/1/a.png"))
     assert seen[-1].url.host == "ls.test" and seen[-1].headers["authorization"] == "Token operator-token"
+
+
+def test_storage_uris_are_resolved_by_label_studio_and_the_presigned_url_gets_no_token():
+    """An s3:// task image: Label Studio's /tasks/<id>/resolve/ answers 303 to a presigned
+    URL on the S3 host, fetched without Label Studio's token (the signature is the grant)."""
+    uri = "s3://photos/batch-1/cat 1.png"
+    path = storage_resolve_path(uri, 42)
+    assert path.startswith("/tasks/42/resolve/?fileuri=")
+    assert base64.urlsafe_b64decode(path.split("fileuri=")[1]).decode() == uri
+    assert storage_resolve_path("/data/upload/1/a.png", 42) == "/data/upload/1/a.png"  # other URLs as is
+    assert storage_resolve_path(uri, None) == uri
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "ls.test":
+            return httpx.Response(303, headers={"location": "http://s3.test/photos/batch-1/cat%201.png?X-Amz-Signature=s"})
+        return httpx.Response(200, content=b"bytes from s3")
+
+    fetcher, seen = fetcher_with(handler, "legacy-token")
+    assert run(fetcher.fetch(path)) == b"bytes from s3"
+    assert seen[0].headers["authorization"] == "Token legacy-token"
+    assert seen[1].url.host == "s3.test" and "authorization" not in seen[1].headers
+
+
+def test_a_storage_redirect_loop_is_a_fetch_error():
+    fetcher, _ = fetcher_with(lambda r: httpx.Response(302, headers={"location": f"{LS}/again"}), "legacy-token")
+    with pytest.raises(FetchError, match="HTTP 302"):
+        run(fetcher.fetch(storage_resolve_path("s3://b/k.png", 1)))

@@ -244,3 +244,35 @@ def test_the_launcher_configured_by_the_manifests_builds_jobs_that_match_them(wh
     allowed = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items()
     assert allowed <= job["spec"]["template"]["metadata"]["labels"].items()
     assert job["metadata"]["namespace"] == policy["metadata"]["namespace"]
+
+
+# --- images in S3 (issue 14) ----------------------------------------------------------------
+
+
+def _buckets(url: str) -> str:
+    return urlsplit(url).netloc
+
+
+@pytest.mark.parametrize("which", OVERLAYS)
+def test_images_dvc_remote_and_artifacts_all_live_in_s3(which):
+    config = rendered(which).get("ConfigMap", "labelloop-config")["data"]
+    for key in ("LABELLOOP_WATCH_FOLDER", "LABELLOOP_DVC_REMOTE", "LABELLOOP_ARTIFACTS_URL"):
+        assert config[key].startswith("s3://"), key
+    settings = Settings.load(watch_folder=config["LABELLOOP_WATCH_FOLDER"])
+    assert settings.watch_folder == config["LABELLOOP_WATCH_FOLDER"]  # a URL, not a folded path
+
+
+def test_local_overlay_wires_minio_the_same_way():
+    m = rendered("overlays/local")
+    config = m.get("ConfigMap", "labelloop-config")["data"]
+    job = m.get("Job", "minio-buckets")["spec"]["template"]["spec"]["containers"][0]
+    script = " ".join(job["args"])
+    for key in ("LABELLOOP_WATCH_FOLDER", "LABELLOOP_DVC_REMOTE", "LABELLOOP_ARTIFACTS_URL"):
+        assert f"local/{_buckets(config[key])}" in script, key  # every bucket the config names exists
+    assert job["envFrom"] == [{"secretRef": {"name": "labelloop-storage"}}]
+    assert config["LABELLOOP_S3_PRESIGN"] == "false"  # browsers cannot reach minio:9000: LS proxies
+    label_studio = m.get("Deployment", "label-studio")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "SSRF_PROTECTION_ENABLED", "value": "false"} in label_studio["env"]
+    assert "AWS_ENDPOINT_URL" in m.get("Secret", "labelloop-storage")["data"]  # boto's usual place: DVC, labelloop and LS's storage agree
+    gpu = rendered("overlays/gpu").get("Deployment", "label-studio")["spec"]["template"]["spec"]["containers"][0]
+    assert all(e["name"] != "SSRF_PROTECTION_ENABLED" for e in gpu["env"])  # real S3: protection stays on
