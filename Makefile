@@ -8,13 +8,13 @@ UV := $(TOOLS)/bin/uv
 UV_VERSION := 0.13.9
 export LABELLOOP_LABEL_STUDIO_VENV ?= $(CURDIR)/$(LS_VENV)
 
-.PHONY: help venvs demo up test test-fast bench bench-serving bench-rescore bench-add bench-s3 bench-al lock clean
+.PHONY: help venvs demo up test test-fast bench bench-serving bench-rescore bench-add bench-s3 bench-models bench-al lock clean
 
 help:
 	@echo "make demo   set up (venvs) and run the whole loop once on the digits starter"
 	@echo "make up     start Label Studio + service + scheduler for real annotators"
 	@echo "make test   set up and run the test suite (starts its own Label Studio)"
-	@echo "make bench  benchmarks (serving, re-scoring, adding images; active learning: hours) -> bench/results/"
+	@echo "make bench  benchmarks (serving, re-scoring, adding images, model families; active learning: hours) -> bench/results/"
 	@echo "make lock   re-resolve requirements*.lock from pyproject.toml"
 
 $(UV):
@@ -61,7 +61,7 @@ test-fast: venvs
 # the committed results are `make bench-al BENCH_AL_ARGS="--epochs 20"` (~95 min + the row).
 BENCH_AL_ARGS ?=
 
-bench: bench-serving bench-rescore bench-add bench-s3 bench-al
+bench: bench-serving bench-rescore bench-add bench-s3 bench-models bench-al
 
 bench-serving: $(VENV)/.project
 	$(VENV)/bin/python -m bench.serving
@@ -77,6 +77,13 @@ bench-add: $(VENV)/.project
 # The same 500 images imported from a local folder and from an S3 prefix (moto on loopback).
 bench-s3: $(VENV)/.project
 	$(VENV)/bin/python -m bench.s3_import
+
+# small_cnn and a frozen MobileNetV3Small (96 px) side by side: training s per 100 images,
+# inference and preprocessing ms per image; then the service with the backbone model,
+# batching on and off at 64 clients (~2 min + ~3 min, the first time with its training).
+bench-models: $(VENV)/.project
+	$(VENV)/bin/python -m bench.models
+	$(VENV)/bin/python -m bench.serving --model backbone --seconds 10
 
 bench-al: $(VENV)/.project
 	$(VENV)/bin/python -m bench.active_learning $(BENCH_AL_ARGS)

@@ -1,6 +1,7 @@
 """Serving benchmark: a minimal reference server, adaptive batching on and off, side by side in one run.
 
     python -m bench.serving [--seconds 8] [--out bench/results/serving.json]
+    python -m bench.serving --model backbone [--seconds 8] [--out bench/results/serving_backbone.json]
 
 Trains (once, cached under bench/.work) the digits model through the real pipeline, then
 serves that one model three ways, one after the other (never two at once: they would share
@@ -22,6 +23,15 @@ throughput: `errors` and `error_kinds` per run, `errors` per mode, `errors_total
 runs. Each run also says where the CPU went (`cpu_ms_per_request` per process role, read
 from /proc) and how much CPU other processes on the machine took meanwhile
 (`foreign_cpu_s`: noise from anything else running).
+
+`--model backbone` (issue 15): instead of the digits model, a MobileNetV3Small at 96x96
+RGB, centre-cropped, frozen, trained (once, cached under bench/.work/backbone_serving)
+through the real loop on generated colour images (`tests/helpers/colour_images`), from a
+weights file the benchmark makes (random init: these machines cannot download ImageNet
+weights; speed does not depend on the weights' values). The real service with batching on
+and off, 64 clients, one colour PNG of about 100 px per `/classify` request: here the
+forward pass dominates, so batching should pay; the ratio is `batched_over_unbatched`.
+Writes bench/results/serving_backbone.json.
 """
 
 from __future__ import annotations
@@ -42,10 +52,13 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+from PIL import Image
 
 from kernel.settings import Settings
 from loop.core import Loop
 from loop.stack import ServiceServer, free_port
+from loop.workspace import Cursor
+from pipelines.labels import LabelEvent
 from serving import PromotionRecord, read_promotion
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +69,13 @@ PREDICT_CONCURRENCY = (1, 16, 64)
 #: `predict`, the same Keras model), single-task `/predict` requests/s at 1/16/64 clients
 #: with zero errors, measured on this machine and quoted in issue 12 (not re-run here).
 LS_ML_BACKEND_PREDICT_RPS = {1: 84, 16: 137, 64: 117}
+
+#: `--model backbone`: its own folder (not under WORK: `_worker_pids` finds a service by it).
+BACKBONE_WORK = ROOT / "bench" / ".work" / "backbone_serving"
+BACKBONE_SIZE, BACKBONE_CLIENTS = 96, 64
+BACKBONE_IMAGES, BACKBONE_LABELS_PER_CLASS = 150, 20
+#: Issue 12's goal for the backbone (its `targets_of` entry): batching pays at least this much.
+BACKBONE_TARGET_RATIO = 4.0
 
 
 def trained_model() -> tuple[Settings, PromotionRecord]:
@@ -70,6 +90,54 @@ def trained_model() -> tuple[Settings, PromotionRecord]:
         assert run is not None and run.status == "promoted", run
         record = read_promotion(settings.promotion_file)
     return settings, record
+
+
+def trained_backbone_model() -> tuple[Settings, PromotionRecord, Path]:
+    """A frozen MobileNetV3Small (96 px, weights from a file made here) trained and promoted by
+    the real loop on generated colour photos, as tests/e2e/test_photos.py does; cached in
+    bench/.work/backbone_serving. Returns the settings, the promotion and the photos folder."""
+    from tests.helpers.colour_images import PATTERNS, write_colour_images
+
+    settings = Settings.load(home=BACKBONE_WORK / "home", workspace=BACKBONE_WORK / "workspace")
+    photos = BACKBONE_WORK / "photos"
+    record = read_promotion(settings.promotion_file)
+    if record is None:
+        import shutil
+
+        from pipelines.models import build_backbone, resolve_weights
+        from pipelines.params import Params
+
+        print("training the backbone model once (cached in bench/.work/backbone_serving) ...", flush=True)
+        shutil.rmtree(BACKBONE_WORK, ignore_errors=True)  # a half-built one from a failed run
+        truth = write_colour_images(photos, BACKBONE_IMAGES, seed=15, sides=(70, 120))
+        weights = BACKBONE_WORK / "mobilenet_v3_small_96.weights.h5"
+        params = Params(data={"classes": list(PATTERNS), "image_size": BACKBONE_SIZE, "channels": 3},
+                        model={"kind": "backbone", "backbone": "MobileNetV3Small", "weights": "none"})
+        build_backbone(params, resolve_weights("none")).save_weights(str(weights))
+        loop = Loop(settings)
+        report = loop.init_from_images(photos, list(PATTERNS), model="backbone", image_size=BACKBONE_SIZE,
+                                       weights=str(weights))
+        print(f"  {report.model}", flush=True)
+        # Labels for some pool images of each class, as a collect would commit them.
+        pool = {name: truth[row.source] for name, row in loop.workspace.pool_index().items() if row.split == "pool"}
+        chosen = [name for pattern in PATTERNS
+                  for name in sorted(n for n, p in pool.items() if p == pattern)[:BACKBONE_LABELS_PER_CLASS]]
+        stamp = "2026-01-01T00:00:00.000000Z"
+        events = [LabelEvent(image=name, label=pool[name], task_id=i, annotation_id=i, annotator="bench",
+                             annotation_updated_at=stamp) for i, name in enumerate(chosen, 1)]
+        loop.workspace.commit_labels(events, Cursor(batch=1, updated_at=stamp))
+        run = loop.train(trigger="bench", rescore=False)
+        assert run is not None and run.status == "promoted", run
+        record = read_promotion(settings.promotion_file)
+    return settings, record, photos
+
+
+def request_photo(photos: Path, side: int = 100) -> Path:
+    """The generated PNG whose size is nearest `side` x `side` (the request body)."""
+    def distance(path: Path) -> int:
+        with Image.open(path) as image:
+            return abs(image.width - side) + abs(image.height - side)
+    return min(sorted(photos.rglob("*.png")), key=distance)
 
 
 # --- load -----------------------------------------------------------------------------------
@@ -146,15 +214,16 @@ async def _load(url: str, request: Request, clients: int, seconds: float, check:
 
 
 # --- where the CPU went -----------------------------------------------------------------------
-def _worker_pids() -> dict[str, list[int]]:
-    """The service's processes by role, from their command lines (Linux /proc)."""
+def _worker_pids(work: Path = WORK) -> dict[str, list[int]]:
+    """The service's processes by role, from their command lines (Linux /proc); `work`:
+    the benchmark's folder, in their environment (their home is under it)."""
     roles: dict[str, list[int]] = {"front": [], "classifier": []}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             args = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"_bentoml_impl.worker.service" not in args or str(WORK).encode() not in (proc / "environ").read_bytes():
+            if b"_bentoml_impl.worker.service" not in args or str(work).encode() not in (proc / "environ").read_bytes():
                 continue
         except OSError:
             continue
@@ -225,10 +294,11 @@ def _predict_100(url: str, image: bytes, repeats: int = 5) -> dict:
             "max_s": round(max(times), 3) if times else None}
 
 
-def _classify_levels(mode: str, url: str, image: bytes, seconds: float, pids: dict[str, list[int]]) -> list[dict]:
+def _classify_levels(mode: str, url: str, image: bytes, seconds: float, pids: dict[str, list[int]],
+                     levels: tuple[int, ...] = CONCURRENCY) -> list[dict]:
     asyncio.run(_load(url, classify_request(image), 16, 2.0))  # warm-up: graph tracing, connections
     runs = []
-    for clients in CONCURRENCY:
+    for clients in levels:
         runs.append(_profiled_load(url, classify_request(image), clients, seconds, pids))
         _print_run(mode, runs[-1])
     return runs
@@ -267,8 +337,11 @@ def measure_reference(settings: Settings, tag: str, image: bytes, seconds: float
     return {"mode": "reference", "errors": sum(r["errors"] for r in runs), "runs": runs}
 
 
-def measure(settings: Settings, batching: bool, image: bytes, seconds: float) -> dict:
-    home = WORK / f"serve-{'batched' if batching else 'unbatched'}"
+def measure(settings: Settings, batching: bool, image: bytes, seconds: float, *, work: Path = WORK,
+            levels: tuple[int, ...] = CONCURRENCY, predict_too: bool = True) -> dict:
+    """The real service (`bentoml serve`) on the promoted model with batching on or off: /classify
+    at each of `levels` clients; with batching on and `predict_too`, Label Studio's /predict too."""
+    home = work / f"serve-{'batched' if batching else 'unbatched'}"
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "bentoml").exists():
         (home / "bentoml").symlink_to(settings.bentoml_home)
@@ -279,10 +352,10 @@ def measure(settings: Settings, batching: bool, image: bytes, seconds: float) ->
     try:
         while httpx.get(f"{server.url}/readyz").status_code != 200:
             time.sleep(0.5)
-        pids = _worker_pids()
-        runs = _classify_levels(mode, server.url, image, seconds, pids)
+        pids = _worker_pids(work)
+        runs = _classify_levels(mode, server.url, image, seconds, pids, levels)
         predict_runs, predict = [], None
-        if batching:  # /predict is one unbatched forward pass per request: the mode doesn't matter
+        if batching and predict_too:  # /predict is one unbatched forward pass per request: the mode doesn't matter
             make, check = predict_request(image)
             asyncio.run(_load(server.url, make, 16, 2.0, check))  # warm-up
             for clients in PREDICT_CONCURRENCY:
@@ -300,9 +373,10 @@ MODEL_TIMING = """
 import json, time, numpy as np
 from serving.inference import load_model
 model = load_model({tag!r})
+channels = model.spec.channels if model.spec else 1
 out = {{}}
 for n in (1, 64):
-    x = np.random.default_rng(0).random((n, model.image_size, model.image_size, 1), dtype=np.float32)
+    x = np.random.default_rng(0).random((n, model.image_size, model.image_size, channels), dtype=np.float32)
     for _ in range(5):
         model.keras_model.predict_on_batch(x)
     started = time.perf_counter()
@@ -387,11 +461,74 @@ def targets_of(rows: list[dict], batched: dict, unbatched: dict) -> dict:
     }
 
 
+def main_backbone(seconds: float, out: Path) -> None:
+    """`--model backbone`: batching on and off at 64 clients, the ratio of their throughputs."""
+    started = time.perf_counter()
+    settings, record, photos = trained_backbone_model()
+    photo = request_photo(photos)
+    image = photo.read_bytes()
+    with Image.open(photo) as shown:
+        size = shown.size
+    load_before = os.getloadavg()
+    print(f"model {record.tag}; {seconds:.0f} s at {BACKBONE_CLIENTS} clients; one {size[0]}x{size[1]} colour PNG "
+          f"({len(image)} bytes) per request; load average {load_before[0]:.2f}", flush=True)
+    levels = (BACKBONE_CLIENTS,)
+    batched = measure(settings, True, image, seconds, work=BACKBONE_WORK, levels=levels, predict_too=False)
+    unbatched = measure(settings, False, image, seconds, work=BACKBONE_WORK, levels=levels, predict_too=False)
+    forward = model_forward_ms(settings, record.tag)
+    print(f"model forward pass alone: {forward['batch_1_ms']} ms for 1 image, {forward['batch_64_ms']} ms for 64"
+          f" ({forward['images_per_s_batch_64']} images/s)", flush=True)
+    on, off = _at(batched["runs"], BACKBONE_CLIENTS), _at(unbatched["runs"], BACKBONE_CLIENTS)
+    ratio = _ratio(on["throughput_rps"], off["throughput_rps"])
+    errors_total = batched["errors"] + unbatched["errors"]
+    result = {
+        "model": record.tag, "clients": BACKBONE_CLIENTS, "seconds_per_level": seconds,
+        "batched_rps": on["throughput_rps"], "unbatched_rps": off["throughput_rps"], "batched_over_unbatched": ratio,
+        "batched_p50_ms": on["p50_ms"], "batched_p99_ms": on["p99_ms"],
+        "unbatched_p50_ms": off["p50_ms"], "unbatched_p99_ms": off["p99_ms"],
+        "errors_total": errors_total,
+        "target": {"what": "issue 12's batched_over_unbatched_backbone_at_64_clients",
+                   "target": f">= {BACKBONE_TARGET_RATIO:g}", "reached": ratio,
+                   "met": ratio is not None and ratio >= BACKBONE_TARGET_RATIO and errors_total == 0},
+        "model_forward": forward,
+        "of_pure_inference": {"batched": _ratio(on["throughput_rps"], forward["images_per_s_batch_64"]),
+                              "unbatched": _ratio(off["throughput_rps"], forward["images_per_s_batch_64"])},
+        "request": {"endpoint": "/classify", "images_per_request": 1, "format": "PNG", "mode": "RGB",
+                    "width": size[0], "height": size[1], "bytes": len(image)},
+        "config": {"backbone": "MobileNetV3Small", "image_size": BACKBONE_SIZE, "resize": "center_crop",
+                   "fine_tune_layers": 0, "pool_images": BACKBONE_IMAGES,
+                   "labels": BACKBONE_LABELS_PER_CLASS * 3, "max_batch_size": settings.serving_max_batch_size,
+                   "max_latency_ms": settings.serving_max_latency_ms},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)},
+        "note": ("backbone weights: a file made by this benchmark (MobileNetV3Small, random init): these machines "
+                 "cannot download ImageNet weights; the forward pass costs the same whatever the weights' values. "
+                 "The load generator shares the CPUs with the service: ratios are the point."),
+        "batched": batched, "unbatched": unbatched,
+        "seconds_this_run": round(time.perf_counter() - started, 1),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{BACKBONE_CLIENTS} clients, req/s (p50 / p99 ms): batching on {on['throughput_rps']} "
+          f"({on['p50_ms']} / {on['p99_ms']}), off {off['throughput_rps']} ({off['p50_ms']} / {off['p99_ms']}); "
+          f"on/off {ratio} (target >= {BACKBONE_TARGET_RATIO:g}: {'met' if result['target']['met'] else 'NOT met'})")
+    print(f"errors: {errors_total} (batching on {batched['errors']}, off {unbatched['errors']})")
+    print(f"wrote {out.relative_to(ROOT)} ({result['seconds_this_run']:.0f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="load duration per concurrency level")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
+    parser.add_argument("--model", choices=("digits", "backbone"), default="digits",
+                        help="digits: the full comparison (serving.json); backbone: MobileNetV3Small, batching on "
+                             "and off at 64 clients (serving_backbone.json)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/serving.json (digits), serving_backbone.json (backbone)")
     args = parser.parse_args()
+    if args.model == "backbone":
+        main_backbone(args.seconds, (args.out or ROOT / "bench" / "results" / "serving_backbone.json").resolve())
+        return
+    args.out = args.out or ROOT / "bench" / "results" / "serving.json"
     settings, record = trained_model()
     ws_images = sorted((settings.workspace / "data" / "images").glob("*.png"))
     image = ws_images[0].read_bytes()

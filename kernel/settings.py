@@ -93,6 +93,7 @@ class KubernetesSettings(_Section):
     gpus: int
     artifacts_url: str
     training_timeout_s: float
+    keras_backend: str
 
 
 class Settings(BaseSettings):
@@ -193,6 +194,11 @@ class Settings(BaseSettings):
         default="auto",
         description="auto: the gate promotes a run that is not worse; manual: it marks it approved and "
         "`labelloop promote RUN` promotes it.",
+    )
+    keras_backend: Literal["tensorflow", "jax"] = Field(
+        default="tensorflow",
+        description="The Keras backend training runs on (the service always serves with TensorFlow; a model "
+        "trained under JAX loads there).",
     )
     watch_folder: str | None = Field(
         default=None,
@@ -386,6 +392,7 @@ class Settings(BaseSettings):
             namespace=self.k8s_namespace, api_url=self.k8s_api_url, job_template=self.k8s_job_template,
             training_image=self.k8s_training_image, git_source=self.k8s_git_source, gpus=self.k8s_gpus,
             artifacts_url=self.artifacts_url, training_timeout_s=self.training_timeout_s,
+            keras_backend=self.keras_backend,
         )
 
     def child_env(self) -> dict[str, str]:

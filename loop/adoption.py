@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 from kernel.errors import BadInputError, ConfigError, FetchError, LabelStudioError
 from labeling.gateway import NAME_FIELD, ProjectTask
 from loop.context import LoopContext
-from loop.creation import create_from_images
+from loop.creation import ModelKind, create_from_images
 from loop.imports import ImportReport
 from loop.ingest import DownloadExaminer, FoundImage, SkippedFile, classes_from_label_config, image_suffix
 from loop.queue import Progress
@@ -78,7 +78,8 @@ class AdoptionReport:
 
 
 def adopt_project(
-    ctx: LoopContext, project_id: int, *, image_size: int = 8, progress: Progress | None = None,
+    ctx: LoopContext, project_id: int, *, image_size: int | None = None, model: ModelKind = "auto",
+    weights: str | None = None, progress: Progress | None = None,
 ) -> tuple[Workspace, AdoptionReport]:
     """A new workspace whose pool is the images of Label Studio project `project_id`, whose
     tasks are then named after them; the loop's state follows that project from now on.
@@ -102,7 +103,7 @@ def adopt_project(
     report = AdoptionReport(project_id=project_id, title=project.title, imports=ImportReport(), tasks=project.tasks)
     settings.home.mkdir(parents=True, exist_ok=True)
     ws, report.imports = create_from_images(
-        settings.workspace, classes=classes, remote_url=settings.remote_url, image_size=image_size,
+        settings.workspace, classes=classes, remote_url=settings.remote_url, image_size=image_size, model=model, weights=weights,
         evaluation=None, found=_project_images(ctx, project_id, data_key, report, progress),
     )
     ctx.workspace = ws

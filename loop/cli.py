@@ -37,6 +37,7 @@ from rich.table import Table
 from kernel.errors import LabelloopError, TrainingError
 from kernel.settings import Settings
 from loop.core import Loop
+from loop.creation import ModelKind
 from loop.imports import ImportReport
 from loop.ingest import classes_from_label_config, parse_classes
 from loop.s3images import is_s3_url
@@ -95,7 +96,14 @@ def init(
     from_project: Annotated[Optional[int], typer.Option(
         help="Adopt this Label Studio project (its id): its images become the pool, its annotations the "
              "first labels, its config the classes")] = None,
-    image_size: Annotated[int, typer.Option(help="Model input size (pixels per side)")] = 8,
+    model: Annotated[str, typer.Option(
+        help="With --images/--from-project: auto (from the images: photos get a pretrained backbone, small "
+             "or grey images the small CNN), small_cnn or backbone")] = "auto",
+    weights: Annotated[Optional[str], typer.Option(
+        help="A backbone's starting weights: imagenet (downloaded by Keras), none, or a weights file's path "
+             "or URL")] = None,
+    image_size: Annotated[Optional[int], typer.Option(
+        help="Model input size, pixels per side (default: 8 for small_cnn, 96 for backbone)")] = None,
     starter: Annotated[str, typer.Option(help="Starter dataset (labeled, with a test split)")] = "digits",
     from_folder: Annotated[Optional[Path], typer.Option(
         help="Labeled <class>/ folders: a held-out test split and seed labels are cut from them")] = None,
@@ -109,7 +117,9 @@ def init(
             raise typer.BadParameter("--from-project takes the images and classes from the project: "
                                      "leave out --images, --classes, --label-config and --labels")
         with _progress() as progress:
-            adopted = Loop(settings).init_from_project(from_project, image_size=image_size, progress=progress)
+            adopted = Loop(settings).init_from_project(from_project, image_size=image_size,
+                                                       model=_model_kind(model), weights=weights,
+                                                       progress=progress)
         _print_import(adopted.imports)  # the tasks not adopted are its skipped items, with the reason
         console.print(f"{adopted.summary}. Workspace {settings.workspace}; remote {settings.remote_url}. "
                       "Next: `labelloop up`: the existing annotations are collected as the first labels")
@@ -127,8 +137,8 @@ def init(
     names = parse_classes(classes) if classes is not None else classes_from_label_config(_read(label_config))
     with _progress() as progress:
         report = Loop(settings).init_from_images(
-            _image_source(images), names, labels_csv=labels, labels_from_folders=labels_from_folders, image_size=image_size,
-            progress=progress)
+            _image_source(images), names, labels_csv=labels, labels_from_folders=labels_from_folders,
+            image_size=image_size, model=_model_kind(model), weights=weights, progress=progress)
     _print_import(report)
     console.print(f"workspace {settings.workspace}: classes {', '.join(names)}; remote {settings.remote_url}. "
                   "Next: `labelloop up` (or `labelloop connect`) to start labeling")
@@ -148,6 +158,12 @@ def add(
     _print_import(report)
     if report.commit and report.tasks_imported:
         console.print(f"{report.tasks_imported} new Label Studio tasks; {report.queued} tasks queued")
+
+
+def _model_kind(text: str) -> ModelKind:
+    if text not in ("auto", "small_cnn", "backbone"):
+        raise typer.BadParameter(f"--model {text!r}: auto, small_cnn or backbone")
+    return text  # type: ignore[return-value]
 
 
 def _image_source(text: str) -> Path | str:
@@ -171,6 +187,8 @@ def _print_import(report: ImportReport) -> None:
         console.print(f"{report.batch}: {report.summary} -> {report.commit[:10]} (pushed)")
     else:
         console.print(f"nothing new: {report.summary}")
+    if report.model:
+        console.print(f"model: {report.model}")
 
 
 @app.command()

@@ -21,6 +21,7 @@ from labeling import LabelStudioGateway
 from loop.adoption import AdoptionReport, adopt_project
 from loop.collection import Collection, CollectResult
 from loop.context import LoopContext
+from loop.creation import ModelKind
 from loop.launchers import Launcher, make_launcher
 from loop.imports import ImportReport
 from loop.promotions import Promotions, current_user
@@ -73,22 +74,22 @@ class Loop:
 
     def init_from_images(
         self, folder: Path | str, classes: Sequence[str], *, labels_csv: Path | None = None,
-        labels_from_folders: bool = False, image_size: int = 8, evaluation: EvalParams | None = None,
-        progress: Progress | None = None,
+        labels_from_folders: bool = False, image_size: int | None = None, evaluation: EvalParams | None = None,
+        model: ModelKind = "auto", weights: str | None = None, progress: Progress | None = None,
     ) -> ImportReport:
         """A workspace from a folder (or an s3:// prefix) of unlabeled images (`labelloop init --images`)."""
         self.context.workspace, report = create_workspace_from_images(
             self.settings, folder, classes, labels_csv=labels_csv, labels_from_folders=labels_from_folders,
-            image_size=image_size, evaluation=evaluation, progress=progress)
+            image_size=image_size, evaluation=evaluation, model=model, weights=weights, progress=progress)
         self.state.set_marks(pushed_commit=report.commit)  # creation pushes
         return report
 
-    def init_from_project(self, project_id: int, *, image_size: int = 8,
-                          progress: Progress | None = None) -> AdoptionReport:
+    def init_from_project(self, project_id: int, *, image_size: int | None = None, model: ModelKind = "auto",
+                          weights: str | None = None, progress: Progress | None = None) -> AdoptionReport:
         """A workspace from an existing Label Studio project (`labelloop init --from-project`):
         its images become the pool, its annotations the first labels (at the next collect)."""
         self.context.workspace, report = adopt_project(self.context, project_id, image_size=image_size,
-                                                       progress=progress)
+                                                       model=model, weights=weights, progress=progress)
         return report
 
     def add(self, folder: Path | str, *, labels_csv: Path | None = None, labels_from_folders: bool = False,

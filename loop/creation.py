@@ -18,10 +18,13 @@ import json
 import logging
 import random
 import shutil
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import yaml
 
 from kernel.errors import WorkspaceError
@@ -31,11 +34,12 @@ from loop.ingest import FoundImage, SkippedFile
 from loop.starter import StarterImage
 from loop.workspace import CURSOR_FILE, Cursor, Workspace
 from pipelines.labels import SEED_SHARD
-from pipelines.params import DataParams, EvalParams, Params
+from pipelines.models import build_backbone, resolve_weights
+from pipelines.params import DataParams, EvalParams, ModelParams, Params
 from pipelines.pool import INIT_BATCH
 from pipelines.stages import DVC_PIPELINE
 
-__all__ = ["create_labeled", "create_from_images"]
+__all__ = ["ModelKind", "choose_model", "create_labeled", "create_from_images"]
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +78,16 @@ def create_labeled(
 
 def create_from_images(
     root: Path, *, classes: Sequence[str], found: Iterable[FoundImage | SkippedFile], remote_url: str,
-    image_size: int = 8, evaluation: EvalParams | None = None,
+    image_size: int | None = None, evaluation: EvalParams | None = None, model: ModelKind = "auto",
+    weights: str | None = None,
 ) -> tuple[Workspace, ImportReport]:
     """From a folder of (mostly) unlabeled images: every readable image joins the pool,
-    a seeded uniform sample of them is reserved for the evaluation set annotators label."""
+    a seeded uniform sample of them is reserved for the evaluation set annotators label.
+    `model` "auto": the model family is chosen from the images (`choose_model`); `weights`:
+    a backbone's starting weights (params `model.weights`; default imagenet)."""
     _check_target(root)
-    params = Params(data=DataParams(classes=list(classes), image_size=image_size), eval=evaluation or EvalParams())
+    params = Params(data=DataParams(classes=list(classes), image_size=image_size or SMALL_CNN_SIZE),
+                    eval=evaluation or EvalParams())
     report = ImportReport()
 
     def fill(ws: Workspace) -> tuple[list[Path], str]:
@@ -91,11 +99,70 @@ def create_from_images(
             raise WorkspaceError("no usable images found: " + (
                 f"{len(report.skipped)} files skipped, e.g. {report.skipped[0].source}: {report.skipped[0].reason}"
                 if report.skipped else "the folder holds no image files"))
-        return batch.finish() + [TEST_DIR], f"labelloop init: {report.summary}"
+        chosen, report.model = choose_model(params, batch.images_dir, model, image_size, weights)
+        if chosen.model.kind == "backbone" and chosen.model.weights not in ("imagenet", "none"):
+            # A file that does not fit is refused now, not at the first training run.
+            build_backbone(chosen, resolve_weights(chosen.model.weights))
+        chosen.dump(ws.root / PARAMS_FILE)
+        return batch.finish() + [TEST_DIR], f"labelloop init: {report.summary}; model: {report.model}"
 
     ws = _build(root, params, remote_url, fill)
     report.commit = ws.head()
     return ws, report
+
+
+ModelKind = Literal["auto", "small_cnn", "backbone"]
+#: Input sizes of the two families: digits-like images are learnt at 8x8 by the small CNN;
+#: 96 px is where MobileNetV3Small starts to see a photo's content yet trains fast.
+SMALL_CNN_SIZE, BACKBONE_SIZE = 8, 96
+#: A sample of this many images decides `auto`; photos are at least this many pixels on
+#: their shorter side (median).
+CHOICE_SAMPLE, PHOTO_MIN_SIDE = 50, 64
+
+
+def choose_model(params: Params, images_dir: Path, model: ModelKind, image_size: int | None,
+                 weights: str | None = None) -> tuple[Params, str]:
+    """The params' model family and input for these images, and why, in words. "auto":
+    photos (median shorter side >= PHOTO_MIN_SIDE) get a pretrained backbone (RGB,
+    centre-cropped, ImageNet weights), small images the small CNN (grey, squashed)."""
+    reason = "chosen with --model"
+    if model == "auto":
+        colour, sides = _sample_images(images_dir)
+        side = int(statistics.median(sides)) if sides else 0
+        photos = side >= PHOTO_MIN_SIDE  # grey photos too: a backbone sees grey as grey RGB
+        model = "backbone" if photos else "small_cnn"
+        reason = (f"median shorter side {side} px of {len(sides)} sampled images ({colour} in colour): "
+                  + ("photos" if photos else f"small images, under {PHOTO_MIN_SIDE} px"))
+    if model == "backbone":
+        data = params.data.model_copy(update={"image_size": image_size or BACKBONE_SIZE, "channels": 3,
+                                              "resize": "center_crop"})
+        chosen = params.model_copy(update={"data": data, "model": ModelParams(
+            kind="backbone", **({"weights": weights} if weights else {}))})
+        summary = (f"backbone {chosen.model.backbone} ({chosen.model.weights} weights, frozen) at "
+                   f"{data.image_size}x{data.image_size} RGB, centre-cropped")
+    else:
+        data = params.data.model_copy(update={"image_size": image_size or SMALL_CNN_SIZE, "channels": 1,
+                                              "resize": "squash"})
+        chosen = params.model_copy(update={"data": data, "model": ModelParams(kind="small_cnn")})
+        summary = f"small_cnn at {data.image_size}x{data.image_size} grey"
+    return chosen, f"{summary} ({reason}; change `model:` and `data:` in params.yaml)"
+
+
+def _sample_images(images_dir: Path) -> tuple[int, list[int]]:
+    """(how many of a sample are in colour, their shorter sides), reading a thumbnail each."""
+    from PIL import Image
+
+    from pipelines.images import decode_image, to_rgb
+
+    files = sorted(p for p in images_dir.iterdir() if p.is_file())[:CHOICE_SAMPLE] if images_dir.is_dir() else []
+    colour, sides = 0, []
+    for path in files:
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+            rgb = to_rgb(decode_image(image)).reduce(max(1, min(image.size) // 32))
+        pixels = np.asarray(rgb, dtype=np.int16)
+        colour += int(np.abs(pixels - pixels.mean(axis=2, keepdims=True)).max() > 12)  # not grey
+    return colour, sides
 
 
 def _build(root: Path, params: Params, remote_url: str, fill: Fill) -> Workspace:

@@ -186,7 +186,7 @@ def run_demo(
         hidden_truth = [image.label for image in hidden]
         say(f"{len(digits)} digits written as images: {len(to_label)} to label, {len(hidden)} kept aside "
             f"as the hidden ground truth (never imported, never shown to the annotator)")
-        report = loop.init_from_images(base / "images", DIGIT_CLASSES, evaluation=DEMO_EVALUATION)
+        report = loop.init_from_images(base / "images", DIGIT_CLASSES, evaluation=DEMO_EVALUATION, model="small_cnn")
         ws = loop.workspace
         index = ws.pool_index()
         eval_names = ws.eval_images()

@@ -34,6 +34,7 @@ class ImportReport:
     outputs: list[Path] = field(default_factory=list)  # the commit's new `.dvc` files (a push of only them)
     tasks_imported: int = 0  # new Label Studio tasks
     queued: int = 0  # tasks given a queue position (scored or cold start)
+    model: str | None = None  # `init`: the model family chosen for these images, and why
 
     @property
     def summary(self) -> str:

@@ -14,7 +14,7 @@ from kernel.layout import IMAGES_DIR
 from kernel.settings import Settings
 from loop.adoption import ADOPTED_ORIGIN, name_adopted_tasks
 from loop.context import LoopContext
-from loop.creation import create_from_images, create_labeled
+from loop.creation import ModelKind, create_from_images, create_labeled
 from loop.imports import ImportReport
 from loop.ingest import FoundImage, SkippedFile, count_candidates, read_labels_csv, scan_images
 from loop.queue import Progress, QueueKeeper
@@ -103,14 +103,15 @@ def _report_changed(found: Iterable[FoundImage | SkippedFile], pinned: Mapping[s
 
 def create_workspace_from_images(
     settings: Settings, folder: ImageSource, classes: Sequence[str], *, labels_csv: Path | None = None,
-    labels_from_folders: bool = False, image_size: int = 8, evaluation: EvalParams | None = None,
+    labels_from_folders: bool = False, image_size: int | None = None, evaluation: EvalParams | None = None,
+    model: ModelKind = "auto", weights: str | None = None,
     progress: Progress | None = None,
 ) -> tuple[Workspace, ImportReport]:
     """`labelloop init --images DIR|s3://bucket/prefix`: every image joins the pool,
     deduplicated by content."""
     settings.home.mkdir(parents=True, exist_ok=True)
     return create_from_images(
-        settings.workspace, classes=classes, remote_url=settings.remote_url, image_size=image_size,
+        settings.workspace, classes=classes, remote_url=settings.remote_url, image_size=image_size, model=model, weights=weights,
         evaluation=evaluation, found=_scan(folder, classes, labels_csv, labels_from_folders, progress,
                     endpoint_url=settings.s3_endpoint_url),
     )

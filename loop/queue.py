@@ -13,10 +13,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kernel.errors import ServiceUnavailableError
+from kernel.errors import LabelloopError, ServiceUnavailableError
 from labeling import TaskPrediction
 from loop.context import LoopContext
 from pipelines.images import decode_image, preprocess
+from pipelines.models import pretrained_features
+from pipelines.params import Params
 from pipelines.labels import current_annotations, held_back
 from pipelines.pool import eval_order_key
 from pipelines.strategies import BatchQueryStrategy, QueryStrategy, cold_start_order, order_to_scores
@@ -113,6 +115,17 @@ class QueueKeeper:
                  pushed, tag, time.perf_counter() - started, scored_s, time.perf_counter() - started - scored_s)
         return pushed
 
+    @staticmethod
+    def _cold_start_space(params: Params, pixels: np.ndarray) -> np.ndarray:
+        """Where diversity is measured before any model exists: a pretrained backbone's
+        features when params.yaml names one (content, not pixels), else the pixels."""
+        try:
+            features = pretrained_features(params, pixels)
+        except LabelloopError as exc:  # e.g. imagenet weights offline: pixels still spread the queue
+            log.warning("cold start on pixels: the backbone's features are not available (%s)", exc)
+            features = None
+        return features if features is not None else pixels.reshape(len(pixels), -1)
+
     def cold_start(self) -> int:
         """No model yet: queue the unlabeled pool in a diversity order (k-center greedy on
         the images' pixels) instead of task-id order. Positions only, no pre-labels."""
@@ -123,11 +136,11 @@ class QueueKeeper:
         if not tasks and not eval_tasks:
             return 0
         started = time.perf_counter()
-        size = ws.params().data.image_size
+        params = ws.params()
         scores: list[float] = []
         if tasks:
-            pixels = preprocess([decode_image(ws.image_path(name)) for _, name in tasks], size)
-            order = cold_start_order(pixels.reshape(len(tasks), -1), head=ctx.settings.cold_start_diverse)
+            pixels = preprocess([decode_image(ws.image_path(name)) for _, name in tasks], params.data.input_spec)
+            order = cold_start_order(self._cold_start_space(params, pixels), head=ctx.settings.cold_start_diverse)
             scores = [float(s) for s in order_to_scores(order)]
         self._replace_positions(project, COLD_START_VERSION, tasks + eval_tasks)
         pushed = ctx.gateway.push_predictions(project, [

@@ -9,7 +9,8 @@ this module must import fast.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from kernel.errors import BadInputError
 
-__all__ = ["decode_image", "preprocess", "sniff_image", "to_rgb", "MAX_IMAGE_PIXELS"]
+__all__ = ["InputSpec", "decode_image", "preprocess", "sniff_image", "to_rgb", "MAX_IMAGE_PIXELS"]
 
 #: Larger images are refused before decoding (decompression bombs).
 MAX_IMAGE_PIXELS = 50_000_000
@@ -85,17 +86,65 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise BadInputError(f"image colour mode {image.mode} is not supported: {exc}") from exc
 
 
-def preprocess(images: Sequence[Image.Image], size: int) -> np.ndarray:
-    """Grayscale, box-resize to size x size, scale to [0, 1]: shape (N, size, size, 1)."""
-    batch = np.zeros((len(images), size, size, 1), dtype=np.float32)
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model takes: size x size pixels, 1 (grey) or 3 (RGB) channels, and how an
+    image of another shape is made square. Written into the model's metadata by the
+    register stage, so serving prepares images exactly as training did."""
+
+    size: int
+    channels: int = 1
+    resize: str = "squash"  # "squash" | "pad" | "center_crop"
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, object]) -> "InputSpec":
+        """A model's spec; models registered before channels and resize existed are grey, squashed."""
+        return cls(int(meta["image_size"]), int(meta.get("channels", 1)), str(meta.get("resize", "squash")))
+
+
+def preprocess(images: Sequence[Image.Image], spec: InputSpec | int) -> np.ndarray:
+    """Decoded images -> float32 in [0, 1], shape (N, size, size, channels): upright, on
+    white, RGB (`to_rgb`), then grey if the model is, then made square as `spec.resize`
+    says. An int `spec` is a grey, squashed model of that size."""
+    spec = spec if isinstance(spec, InputSpec) else InputSpec(int(spec))
+    if spec.resize not in _RESIZERS:
+        raise ValueError(f"unknown resize {spec.resize!r}: one of {', '.join(_RESIZERS)}")
+    batch = np.zeros((len(images), spec.size, spec.size, spec.channels), dtype=np.float32)
     for i, image in enumerate(images):
         # Through RGB so every mode rule lives in `to_rgb`; RGB->L of a grey pixel is exact.
-        gray = to_rgb(decode_image(image)).convert("L")
-        if gray.size != (size, size):
-            # BOX averages whole source pixels: an upscaled starter image maps back exactly.
-            gray = gray.resize((size, size), Image.Resampling.BOX)
-        batch[i, :, :, 0] = np.asarray(gray, dtype=np.float32) / 255.0
+        pixels = to_rgb(decode_image(image))
+        if spec.channels == 1:
+            pixels = pixels.convert("L")
+        square = _RESIZERS[spec.resize](pixels, spec.size)
+        batch[i] = np.asarray(square, dtype=np.float32).reshape(spec.size, spec.size, spec.channels) / 255.0
     return batch
+
+
+def _squash(image: Image.Image, size: int) -> Image.Image:
+    if image.size == (size, size):
+        return image
+    # BOX averages whole source pixels: an upscaled starter image maps back exactly.
+    return image.resize((size, size), Image.Resampling.BOX)
+
+
+def _pad(image: Image.Image, size: int) -> Image.Image:
+    """Fit inside size x size keeping the aspect (at least 1 pixel a side), centred on black."""
+    scale = size / max(image.size)
+    fitted = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                          Image.Resampling.BOX)
+    canvas = Image.new(image.mode, (size, size), 0)
+    canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
+    return canvas
+
+
+def _center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The largest centred square, then to size x size."""
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return _squash(image.crop((left, top, left + side, top + side)), size)
+
+
+_RESIZERS = {"squash": _squash, "pad": _pad, "center_crop": _center_crop}
 
 
 def sniff_image(path: Path) -> str | None:

@@ -8,15 +8,43 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Params", "DataParams", "TrainParams", "EvalParams", "RegisterParams", "load_params"]
+from pipelines.images import InputSpec
+
+__all__ = ["Params", "DataParams", "ModelParams", "TrainParams", "EvalParams", "RegisterParams", "load_params"]
 
 
 class DataParams(BaseModel):
     classes: list[str]
+    #: The model's input: image_size x image_size pixels, 1 (grey) or 3 (RGB) channels.
     image_size: int = Field(default=8, ge=1)
+    channels: Literal[1, 3] = 1
+    #: How an image of another shape becomes a square: "squash" (every pixel kept, aspect
+    #: changed: the default, what digits and small icons want), "pad" (fit inside, padded
+    #: black) or "center_crop" (the largest centred square: photos).
+    resize: Literal["squash", "pad", "center_crop"] = "squash"
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.image_size, self.channels, self.resize)
     #: Several annotators on one image: "latest" (last update wins) or "majority" (ties
     #: are held back for review). pipelines/labels.py applies it.
     label_policy: Literal["latest", "majority"] = "latest"
+
+
+class ModelParams(BaseModel):
+    """Which network: today's small CNN trained from scratch (digits), or a pretrained
+    `keras.applications` backbone with a small trained head (photos)."""
+
+    kind: Literal["small_cnn", "backbone"] = "small_cnn"
+    #: A keras.applications architecture by name (pipelines.models.BACKBONES lists them).
+    backbone: str = "MobileNetV3Small"
+    #: "imagenet" (Keras downloads the file), "none" (random init), or a path or http(s) URL
+    #: of a weights file; its sha256 is recorded in the model's lineage.
+    weights: str = "imagenet"
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    #: 0: frozen backbone, the head trains on cached embeddings (seconds on a CPU);
+    #: N > 0: the top N layers are fine-tuned too (the GPU Job's work).
+    fine_tune_layers: int = Field(default=0, ge=0)
 
 
 class TrainParams(BaseModel):
@@ -30,6 +58,9 @@ class TrainParams(BaseModel):
     seed: int = 0
     #: The first model trains once every class has this many training labels (cold start).
     min_per_class: int = Field(default=2, ge=1)
+    #: Random flips, small translations and colour jitter while training (Keras
+    #: preprocessing layers, inactive at inference). Off for digits: a flipped 2 is no 2.
+    augment: bool = False
 
 
 class EvalParams(BaseModel):
@@ -57,6 +88,7 @@ class Params(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     data: DataParams
+    model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     # "eval" in params.yaml.
     evaluation: EvalParams = Field(default=EvalParams(), alias="eval")

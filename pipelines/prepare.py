@@ -88,7 +88,7 @@ def _arrays(paths: dict[str, Path], labels: dict[str, str], params: Params) -> t
     missing = [n for n in names if n not in paths]
     if missing:
         raise WorkspaceError(f"{len(missing)} labeled images are not in the workspace, e.g. {missing[0]}")
-    x = preprocess([decode_image(paths[name]) for name in names], params.data.image_size)
+    x = preprocess([decode_image(paths[name]) for name in names], params.data.input_spec)
     y = np.array([index[labels[name]] for name in names], dtype=np.int64)
     return x, y
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kernel.layout import METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
 from pipelines.params import Params, load_params
+from pipelines.train import TRAIN_LINEAGE
 
 __all__ = ["Registration", "register", "MODEL_FILENAME"]
 
@@ -41,15 +42,20 @@ def register(params: Params, root: Path, model_path: Path, metrics_path: Path, o
     import bentoml
 
     metrics = json.loads(metrics_path.read_text())
+    lineage_path = model_path.parent / TRAIN_LINEAGE  # absent for models trained before it existed
+    lineage = json.loads(lineage_path.read_text()) if lineage_path.exists() else {}
     n_labels = int(metrics["n_train"])  # training labels: the evaluation sample is never trained on
     data_commit = _data_commit(root)
     metadata = {
         "data_commit": data_commit,
         "classes": params.data.classes,
         "image_size": params.data.image_size,
+        "channels": params.data.channels,
+        "resize": params.data.resize,
         "params": params.model_dump(by_alias=True),
         "metrics": metrics,
         "n_labels": n_labels,
+        "lineage": lineage,  # model kind, Keras backend, backbone weights and their sha256
     }
     with bentoml.models.create(
         params.registration.model_name,

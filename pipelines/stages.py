@@ -18,13 +18,13 @@ DVC_PIPELINE = {
         "train": {
             "cmd": "python -m pipelines.train",
             "deps": ["build/prepared.npz"],
-            "params": ["data", "train"],
-            "outs": ["build/model.keras"],
+            "params": ["data", "model", "train"],
+            "outs": ["build/model.keras", {"build/train.json": {"cache": False}}],
         },
         "evaluate": {
             "cmd": "python -m pipelines.evaluate",
             "deps": ["build/model.keras", "build/prepared.npz"],
-            "params": ["train", "eval"],  # cross-validation trains with them
+            "params": ["model", "train", "eval"],  # cross-validation trains with them
             "outs": [{str(JUDGED_FILE): {"cache": False}}],
             "metrics": [{"metrics.json": {"cache": False}}],
             "plots": [

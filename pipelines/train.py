@@ -1,7 +1,9 @@
-"""Stage `train`: a small Keras 3 CNN. Plain Keras, so KERAS_BACKEND=jax runs it too."""
+"""Stage `train`: the model params.yaml names (`pipelines.models`). Plain Keras 3, so
+KERAS_BACKEND=jax runs it too (the GPU training image does)."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -10,9 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from kernel.layout import MODEL_FILE, PARAMS_FILE, PREPARED
+from pipelines.models import WeightsSource, build_model, resolve_weights, unfreeze_top
 from pipelines.params import Params, load_params
 
-__all__ = ["TrainResult", "build_model", "epochs_for", "fit", "train"]
+__all__ = ["TRAIN_LINEAGE", "TrainResult", "epochs_for", "fit", "train"]
+
+#: Written beside the model: what it was built from (the register stage puts it in the metadata).
+TRAIN_LINEAGE = "train.json"
 
 
 @dataclass(frozen=True)
@@ -22,29 +28,7 @@ class TrainResult:
     epochs: int
     final_loss: float
     seconds: float
-
-
-def build_model(image_size: int, n_classes: int, learning_rate: float):  # -> keras.Model
-    import keras
-
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(image_size, image_size, 1)),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(n_classes, activation="softmax"),
-        ]
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
+    lineage: dict  # kind, Keras backend; for a backbone its name, weights and their sha256
 
 
 def epochs_for(params: Params, n_train: int) -> int:
@@ -54,15 +38,29 @@ def epochs_for(params: Params, n_train: int) -> int:
     return max(params.train.epochs, math.ceil(params.train.min_steps / steps_per_epoch))
 
 
-def fit(params: Params, x: np.ndarray, y: np.ndarray):  # -> (keras.Model, final loss)
-    """Train a fresh model in-process (also used by benchmarks)."""
+def fit(params: Params, x: np.ndarray, y: np.ndarray, weights: WeightsSource | None = None):
+    """Train a fresh model in-process (also cross-validation and benchmarks): (keras.Model,
+    final loss). A frozen backbone without augmentation trains its head on the backbone's
+    features computed once (seconds on a CPU); `model.fine_tune_layers` then fine-tunes the
+    backbone's top layers end to end at a tenth of the learning rate."""
     import keras
 
     keras.utils.set_random_seed(params.train.seed)
-    model = build_model(params.data.image_size, len(params.data.classes), params.train.learning_rate)
-    history = model.fit(
-        x, y, epochs=epochs_for(params, len(y)), batch_size=params.train.batch_size, verbose=0
-    )
+    model, backbone, head = build_model(params, weights)
+    epochs, batch = epochs_for(params, len(y)), params.train.batch_size
+    if backbone is None:
+        history = model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0)
+        return model, float(history.history["loss"][-1])
+    if params.train.augment:  # every epoch sees other pixels: no features to cache
+        history = model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0)
+    else:
+        features = backbone.predict(x * 255.0, batch_size=64, verbose=0)
+        history = head.fit(features, y, epochs=epochs, batch_size=batch, verbose=0)
+    if params.model.fine_tune_layers:
+        unfreeze_top(backbone, params.model.fine_tune_layers)
+        model.compile(optimizer=keras.optimizers.Adam(params.train.learning_rate / 10),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        history = model.fit(x, y, epochs=max(1, epochs // 4), batch_size=batch, verbose=0)
     return model, float(history.history["loss"][-1])
 
 
@@ -70,15 +68,25 @@ def train(params: Params, prepared: Path, out: Path) -> TrainResult:
     started = time.perf_counter()
     with np.load(prepared) as data:
         x, y = data["x_train"], data["y_train"]
-    model, loss = fit(params, x, y)
+    weights = resolve_weights(params.model.weights) if params.model.kind == "backbone" else None
+    model, loss = fit(params, x, y, weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    return TrainResult(out, len(y), epochs_for(params, len(y)), loss, time.perf_counter() - started)
+    lineage = {"kind": params.model.kind, "keras_backend": keras_backend(),
+               **({"backbone": params.model.backbone, **weights.lineage} if weights else {})}
+    (out.parent / TRAIN_LINEAGE).write_text(json.dumps(lineage, indent=2) + "\n")
+    return TrainResult(out, len(y), epochs_for(params, len(y)), loss, time.perf_counter() - started, lineage)
+
+
+def keras_backend() -> str:
+    import keras
+
+    return keras.backend.backend()
 
 
 if __name__ == "__main__":
     result = train(load_params(PARAMS_FILE), PREPARED, MODEL_FILE)
     print(
         f"train: {result.n_train} images, {result.epochs} epochs, "
-        f"loss {result.final_loss:.4f}, {result.seconds:.1f}s"
+        f"loss {result.final_loss:.4f}, {result.seconds:.1f}s ({result.lineage})"
     )

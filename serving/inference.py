@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from kernel.errors import NoModelError
-from pipelines.images import preprocess
+from pipelines.images import InputSpec, preprocess
+from pipelines.models import EMBEDDING_LAYER
 from pipelines.register import MODEL_FILENAME  # the file the register stage stores
 from pipelines.strategies import QueryStrategy
 from serving.promotion import PromotionRecord, read_promotion
@@ -36,7 +37,7 @@ class Scored:
     classes: list[str]
     probabilities: np.ndarray  # (n, n_classes)
     scores: np.ndarray  # query-strategy score per image; lower = label first
-    embeddings: np.ndarray | None = None  # (n, d) penultimate-layer activations
+    embeddings: np.ndarray | None = None  # (n, d) the model's `embedding` layer (a backbone's pooled features)
 
     @property
     def labels(self) -> list[str]:
@@ -50,6 +51,7 @@ class LoadedModel:
     image_size: int
     keras_model: object
     metadata: dict = field(default_factory=dict)
+    spec: InputSpec | None = None  # None: a grey, squashed image_size model
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     _with_embeddings: object = field(default=None, repr=False)
@@ -59,14 +61,18 @@ class LoadedModel:
         embeddings feed batch-mode query strategies (diversity in the model's own space)."""
         if not images:
             return np.zeros((0, len(self.classes))), np.zeros((0, 0))
-        batch = preprocess(images, self.image_size)
+        batch = preprocess(images, self.spec or self.image_size)
         with self._lock:  # one forward pass at a time per model; Keras models aren't re-entrant
             if self._with_embeddings is None:
                 import keras
 
                 model = self.keras_model
+                # A backbone's pooled features (`pipelines.models.EMBEDDING_LAYER`); models
+                # from before it was named: the penultimate layer, as then.
+                names = {layer.name for layer in model.layers}
+                features = model.get_layer(EMBEDDING_LAYER) if EMBEDDING_LAYER in names else model.layers[-2]
                 self._with_embeddings = keras.Model(inputs=model.inputs,
-                                                    outputs=[model.outputs[0], model.layers[-2].output])
+                                                    outputs=[model.outputs[0], features.output])
             # predict_on_batch runs the compiled predict function: ~5 ms here for 1 to 64
             # images, where an eager call costs 11-20 ms (measured, bench/serving.py).
             probs, embeddings = self._with_embeddings.predict_on_batch(batch)
@@ -86,6 +92,7 @@ def load_model(tag: str) -> LoadedModel:
         image_size=int(meta["image_size"]),
         keras_model=keras_model,
         metadata=meta,
+        spec=InputSpec.from_metadata(meta),
     )
 
 

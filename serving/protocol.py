@@ -89,7 +89,9 @@ class ImagePrediction(BaseModel):
     strategy: str
     model_version: str
     embedding: list[float] | None = Field(
-        default=None, description="Penultimate-layer activations (only when asked: with_embeddings)"
+        default=None,
+        description="The model's embedding layer: a backbone's pooled features, the small CNN's penultimate "
+        "layer (only when asked: with_embeddings)",
     )
 
 

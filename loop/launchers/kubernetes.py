@@ -151,6 +151,8 @@ class KubernetesLauncher:
             "--workdir", "/work/run",
             "--publish", self.config.artifacts_url,
         ]
+        environment = [e for e in container.get("env", []) if e.get("name") != "KERAS_BACKEND"]
+        container["env"] = [*environment, {"name": "KERAS_BACKEND", "value": self.config.keras_backend}]
         resources = container.setdefault("resources", {})
         if self.config.gpus > 0:
             resources.setdefault("limits", {})["nvidia.com/gpu"] = str(self.config.gpus)

@@ -34,6 +34,7 @@ class LocalLauncher:
         env = self._settings.child_env()
         # The pipeline's stages call `python -m pipelines...`: this interpreter first on PATH.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["KERAS_BACKEND"] = self._settings.keras_backend
         cmd = [
             sys.executable, "-m", "pipelines.job",
             "--run-id", request.run_id,

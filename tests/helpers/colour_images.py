@@ -35,14 +35,15 @@ def _pixels(rng: np.random.Generator, pattern: str, width: int, height: int) -> 
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def write_colour_images(folder: Path, n: int, *, seed: int, prefix: str = "photo") -> dict[str, str]:
+def write_colour_images(folder: Path, n: int, *, seed: int, prefix: str = "photo",
+                        sides: tuple[int, int] = (20, 60)) -> dict[str, str]:
     """`n` images under `folder` (a quarter of them in a subfolder), classes in turn; returns
-    {path as written: pattern}. Sizes 20-60 px per side; every other image a JPEG."""
+    {path as written: pattern}. Sizes `sides` px per side (20-60); every other image a JPEG."""
     rng = np.random.default_rng(seed)
     truth: dict[str, str] = {}
     for i in range(n):
         pattern = PATTERNS[i % len(PATTERNS)]
-        width, height = (int(v) for v in rng.integers(20, 61, size=2))
+        width, height = (int(v) for v in rng.integers(sides[0], sides[1] + 1, size=2))
         image = Image.fromarray(_pixels(rng, pattern, width, height), mode="RGB")
         where = folder / "more" if i % 4 == 1 else folder
         where.mkdir(parents=True, exist_ok=True)

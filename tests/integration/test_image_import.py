@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernel.errors import WorkspaceError
+from kernel.errors import ConfigError, WorkspaceError
 from kernel.settings import Settings
 from loop.core import Loop
 from loop.creation import create_from_images
@@ -221,3 +221,26 @@ def test_the_watched_folder_syncs_new_images_and_does_not_read_old_ones_again(tm
     assert status.returncode == 0, err
     assert "first model    waits for labels: class 'dark': 0 of 2 labels" in out
     assert "evaluation set" in out or not loop.workspace.eval_images()
+
+
+def test_init_chooses_the_model_from_the_images_and_refuses_weights_that_do_not_fit(tmp_path):
+    """Photos (median side >= 64 px) get a backbone, small images the small CNN; a weights
+    file of another architecture is refused by `init`, which then leaves no workspace."""
+    from pipelines.models import build_backbone, resolve_weights
+    from pipelines.params import Params
+    from tests.helpers.colour_images import PATTERNS, write_colour_images
+
+    write_colour_images(tmp_path / "photos", 6, seed=1, sides=(80, 120))
+    write_colour_images(tmp_path / "icons", 6, seed=2)
+    photos = Loop(_settings(tmp_path / "a")).init_from_images(tmp_path / "photos", list(PATTERNS))
+    assert photos.model.startswith("backbone MobileNetV3Small (imagenet weights, frozen) at 96x96 RGB")
+    icons = Loop(_settings(tmp_path / "b")).init_from_images(tmp_path / "icons", list(PATTERNS))
+    assert icons.model.startswith("small_cnn at 8x8 grey") and "under 64 px" in icons.model
+    large = Params(data={"classes": list(PATTERNS), "image_size": 32, "channels": 3},
+                   model={"kind": "backbone", "backbone": "MobileNetV3Large", "weights": "none"})
+    wrong = tmp_path / "large.weights.h5"
+    build_backbone(large, resolve_weights("none")).save_weights(str(wrong))  # another architecture
+    settings = _settings(tmp_path / "c")
+    with pytest.raises(ConfigError, match="does not fit MobileNetV3Small at 96x96"):
+        Loop(settings).init_from_images(tmp_path / "photos", list(PATTERNS), weights=str(wrong))
+    assert not settings.workspace.exists()

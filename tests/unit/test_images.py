@@ -6,7 +6,7 @@ from PIL import ExifTags, Image
 
 from kernel.errors import BadInputError
 from loop.starter import DIGITS_SCALE, digits_images
-from pipelines.images import decode_image, preprocess, sniff_image, to_rgb
+from pipelines.images import InputSpec, decode_image, preprocess, sniff_image, to_rgb
 from tests.helpers.images import png_with_header
 
 
@@ -130,3 +130,48 @@ def test_too_large_and_unreadable_keep_their_request_messages():
         decode_image(png_with_header(8000, 8000))
     with pytest.raises(BadInputError, match="pixels"):
         decode_image(png_with_header(20000, 20000))
+
+
+# --- the model's input from params: channels and resize (issue 15) -------------------------
+
+
+def _rgb(width: int, height: int, colour=(200, 40, 10)) -> Image.Image:
+    return Image.new("RGB", (width, height), colour)
+
+
+def test_rgb_models_keep_colour_and_grey_models_average_it():
+    image = _rgb(20, 20)
+    colour = preprocess([image], InputSpec(8, 3, "squash"))
+    assert colour.shape == (1, 8, 8, 3) and np.allclose(colour[0, 0, 0], np.array([200, 40, 10]) / 255)
+    grey = preprocess([image], InputSpec(8, 1, "squash"))
+    assert grey.shape == (1, 8, 8, 1) and np.allclose(grey[0, 0, 0, 0], round(0.299 * 200 + 0.587 * 40 + 0.114 * 10) / 255)
+    # A grey image to an RGB model: three equal channels; an int spec is the grey squashed model.
+    g = preprocess([Image.new("L", (9, 9), 77)], InputSpec(4, 3))
+    assert np.allclose(g[..., 0], g[..., 1]) and np.allclose(g[..., 1], g[..., 2]) and np.allclose(g, 77 / 255)
+    assert preprocess([image], 8).shape == (1, 8, 8, 1)
+
+
+@pytest.mark.parametrize("resize", ["squash", "pad", "center_crop"])
+@pytest.mark.parametrize("size", [(1, 1), (1000, 1), (1, 1000), (3, 7), (640, 480)])
+def test_every_shape_becomes_the_models_square(resize, size):
+    """Smaller than the input, 1x1, extreme aspect ratios, larger: always (N, s, s, c), finite,
+    in [0, 1]."""
+    batch = preprocess([_rgb(*size)], InputSpec(16, 3, resize))
+    assert batch.shape == (1, 16, 16, 3) and np.isfinite(batch).all() and 0 <= batch.min() <= batch.max() <= 1
+
+
+def test_pad_keeps_the_aspect_on_black_and_center_crop_keeps_the_middle():
+    wide = Image.new("RGB", (40, 10), (255, 255, 255))
+    padded = preprocess([wide], InputSpec(8, 1, "pad"))[0, :, :, 0]
+    assert padded[0].max() == 0 and padded[-1].max() == 0 and padded[4].min() == 1.0  # bands above and below
+    striped = Image.new("RGB", (30, 10), (0, 0, 0))
+    striped.paste((255, 255, 255), (10, 0, 20, 10))  # white only in the middle third
+    assert preprocess([striped], InputSpec(8, 1, "center_crop")).min() == 1.0
+    assert preprocess([striped], InputSpec(8, 1, "squash")).min() == 0.0
+
+
+def test_the_spec_travels_in_the_models_metadata():
+    assert InputSpec.from_metadata({"image_size": 96, "channels": 3, "resize": "center_crop"}) == InputSpec(96, 3, "center_crop")
+    assert InputSpec.from_metadata({"image_size": 8}) == InputSpec(8, 1, "squash")  # models from before
+    with pytest.raises(ValueError, match="unknown resize 'stretch'"):
+        preprocess([_rgb(4, 4)], InputSpec(4, 3, "stretch"))

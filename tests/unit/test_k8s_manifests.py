@@ -244,6 +244,8 @@ def test_the_launcher_configured_by_the_manifests_builds_jobs_that_match_them(wh
     allowed = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items()
     assert allowed <= job["spec"]["template"]["metadata"]["labels"].items()
     assert job["metadata"]["namespace"] == policy["metadata"]["namespace"]
+    env = container({"spec": job["spec"]}, "train")["env"]
+    assert [e["value"] for e in env if e["name"] == "KERAS_BACKEND"] == ["jax"]  # the GPU image's backend, once
 
 
 # --- images in S3 (issue 14) ----------------------------------------------------------------
