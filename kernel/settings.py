@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -204,6 +204,13 @@ class Settings(BaseSettings):
         default=None,
         description="A folder or an s3://bucket/prefix the scheduler syncs into the pool: new images become tasks.",
     )
+    @field_validator("watch_folder", mode="before")
+    @classmethod
+    def _folder_or_url(cls, value: object) -> object:
+        """A Path from Python code is a folder; text may also be an s3:// URL (kept as is:
+        a Path would fold its '//')."""
+        return str(value) if isinstance(value, Path) else value
+
     #: Read where boto reads it, so DVC, labelloop and Label Studio's S3 storage agree.
     s3_endpoint_url: str | None = Field(
         default=None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ from loop.launchers.base import TrainingRequest, TrainingResult, result_from_rec
 __all__ = ["LocalLauncher"]
 
 log = logging.getLogger(__name__)
+
+#: Less free space than this where runs live, after a failed run, is named as its cause.
+LOW_SPACE_BYTES = 16 * 2**20
 
 
 class LocalLauncher:
@@ -59,9 +63,11 @@ class LocalLauncher:
                 )
         result_file = workdir / "result.json"
         if proc.returncode != 0 or not result_file.exists():
-            tail = log_path.read_text().strip().splitlines()[-3:]
-            return TrainingResult(
-                request.run_id, False,
-                error=f"training job exited {proc.returncode}: {' | '.join(tail)}", log_path=log_path,
-            )
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            error = f"training job exited {proc.returncode}: {' | '.join(tail)}"
+            free = shutil.disk_usage(workdir).free
+            if free < LOW_SPACE_BYTES:  # the job could not even write its log to say so
+                error = (f"no space left on the device of {self._settings.runs_dir} ({free // 2**20} MiB free): "
+                         f"free space there (or move LABELLOOP_HOME) and train again; {error}")
+            return TrainingResult(request.run_id, False, error=error, log_path=log_path)
         return result_from_record(request.run_id, json.loads(result_file.read_text()), log_path)

@@ -16,6 +16,7 @@ from labeling import SimulatedAnnotator
 from loop.core import Loop
 from loop.starter import digits_truth
 from pipelines.labels import current_annotations
+from serving import read_promotion
 from tests.conftest import make_settings
 from tests.helpers.remote import labels_from_remote
 
@@ -92,3 +93,38 @@ def test_a_full_disk_during_collect_loses_nothing(label_studio, files_root, smal
               for e in current_annotations(labels_from_remote(ws.root, tmp_path)).values()
               if e.annotation_id is not None}
     assert pushed == in_label_studio
+
+
+@pytest.fixture
+def small_runs_disk(tmp_path):
+    """The training runs' folder (`<home>/runs`) on a 48 MiB filesystem of its own."""
+    runs = tmp_path / "home" / "runs"
+    runs.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(runs)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited filesystem here ({done.stderr.strip()})")
+    yield runs
+    subprocess.run(["umount", "-l", str(runs)], check=False)
+
+
+def test_a_full_disk_during_training_fails_the_run_clearly_and_keeps_the_serving_model(small_runs_disk, tmp_path):
+    """Training runs where the disk fills: the run is recorded as failed with the cause, the
+    serving model stays, nothing crashes; once space is freed the next run promotes."""
+    settings = make_settings(tmp_path / "home", tmp_path / "workspace")
+    loop = Loop(settings)
+    loop.init(starter="digits")
+    first = loop.train(trigger="test", rescore=False)
+    assert first.status == "promoted", first
+    serving = read_promotion(settings.promotion_file).tag
+
+    filler = fill(small_runs_disk)
+    full = loop.train(trigger="test", rescore=False)
+    assert full.status == "failed" and "space" in (full.reason or "").lower(), full
+    assert read_promotion(settings.promotion_file).tag == serving  # the model in service is untouched
+    assert loop.status().runs[0].status == "failed"
+
+    filler.unlink()
+    again = loop.train(trigger="test", rescore=False)
+    assert again.status in ("promoted", "rejected"), again  # trained and judged again
+    assert "space" not in (again.reason or "").lower()
