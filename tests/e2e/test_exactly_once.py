@@ -3,10 +3,13 @@ point of collect -> write -> git commit -> dvc push -> cursor save (21 points, `
 restarted each time, while annotators keep creating, relabeling and deleting in a REAL
 Label Studio WHILE the collect runs. Afterwards the labels in the PUSHED DVC data equal
 Label Studio's annotations: zero lost, zero duplicated. Run with the default 300 s
-look-back and with 2 s, so the cursor logic itself (not the overlap) is exercised."""
+look-back and with 2 s, so the cursor logic itself (not the overlap) is exercised; in the
+2 s run, deletions reach the loop only through Label Studio's own webhook calls."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import random
 import signal
 import subprocess
@@ -50,12 +53,43 @@ def assert_workspace_matches(loop, gateway, project, point: str) -> None:
     assert max(versions.values(), default=1) == 1, (point, versions.most_common(3))
 
 
-class Annotators:
-    """Annotators at work: new labels, relabels, deletions (with the webhook event spooled as
-    the service does), one action at a time from a seeded random stream."""
+class WebhookSpool:
+    """Label Studio's OWN webhook calls, received on loopback and spooled exactly as the
+    service's `/webhook` spools them: the deletions then reach the loop only that way."""
 
-    def __init__(self, annotator: SimulatedAnnotator, tasks: list[tuple[int, str]], events_dir, seed: int):
-        self.annotator, self.tasks, self.events_dir = annotator, tasks, events_dir
+    def __init__(self, events_dir: Path):
+        spool = self
+
+        class Receiver(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if str(payload.get("action", "")).startswith("ANNOTATION"):
+                    spool_event(events_dir, payload)
+                    spool.received[payload["action"]] += 1
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.received: Counter = Counter()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Annotators:
+    """Annotators at work: new labels, relabels, deletions, one action at a time from a
+    seeded random stream. `spool`: the test spools the webhook events as the service does;
+    else Label Studio's own webhook brings them (`WebhookSpool`)."""
+
+    def __init__(self, annotator: SimulatedAnnotator, tasks: list[tuple[int, str]], events_dir, seed: int,
+                 *, spool: bool = True):
+        self.annotator, self.tasks, self.events_dir, self.spool = annotator, tasks, events_dir, spool
         self.truth = digits_truth()
         self.rng = random.Random(seed)
         self.annotations: list[int] = []
@@ -68,7 +102,8 @@ class Annotators:
         if len(self.annotations) > 4 and roll < 0.15:
             victim = self.annotations.pop(self.rng.randrange(len(self.annotations)))
             self.annotator.delete_annotation(victim)
-            spool_event(self.events_dir, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": victim}]})
+            if self.spool:
+                spool_event(self.events_dir, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": victim}]})
             self.actions["delete"] += 1
         elif len(self.annotations) > 4 and roll < 0.35:
             target = self.rng.choice(self.annotations)
@@ -81,7 +116,8 @@ class Annotators:
             annotation = self.annotator.annotate(task_id, self.truth[image])
             self.annotations.append(annotation)
             self.image_of[annotation] = image
-            spool_event(self.events_dir, {"action": "ANNOTATION_CREATED", "annotation": {"id": annotation}})
+            if self.spool:
+                spool_event(self.events_dir, {"action": "ANNOTATION_CREATED", "annotation": {"id": annotation}})
             self.actions["create"] += 1
 
     @contextmanager
@@ -109,15 +145,21 @@ class Annotators:
         assert not errors, errors
 
 
-@pytest.mark.parametrize("overlap_s", [300.0, 2.0], ids=["lookback-300s", "lookback-2s"])
+@pytest.mark.parametrize("overlap_s", [300.0, 2.0], ids=["lookback-300s-spooled", "lookback-2s-ls-webhook"])
 def test_sigkill_at_every_collect_point_loses_and_duplicates_nothing(ls_settings, tmp_path, overlap_s):
+    """With a 2 s look-back the deletions come only through Label Studio's own webhook."""
     settings = ls_settings(f"exactly-once-{overlap_s:.0f}", collect_overlap_s=overlap_s)
     loop = Loop(settings)
     loop.init(starter="digits")
     project = loop.connect()
     gateway = loop.gateway
+    webhook = None
+    if overlap_s < 60:
+        webhook = WebhookSpool(settings.events_dir)
+        gateway._client.webhooks.create(project=project, url=webhook.url, send_payload=True,
+                                        send_for_all_actions=True)
     people = Annotators(SimulatedAnnotator(gateway), sorted(loop.state.tasks().items()), settings.events_dir,
-                        seed=int(overlap_s))
+                        seed=int(overlap_s), spool=webhook is None)
     assert len(COLLECT_POINTS) >= 20
 
     for step, point in enumerate(COLLECT_POINTS):
@@ -156,3 +198,6 @@ def test_sigkill_at_every_collect_point_loses_and_duplicates_nothing(ls_settings
     # The workspace is clean and everything is pushed.
     assert loop.workspace.git("status", "--porcelain") == ""
     assert loop.state.marks().pushed_commit == loop.workspace.head()
+    if webhook is not None:  # every deletion came through Label Studio's webhook, none from the test
+        assert webhook.received["ANNOTATIONS_DELETED"] == people.actions["delete"] > 0, webhook.received
+        webhook.close()

@@ -3,6 +3,8 @@ and a real git+DVC workspace with a local remote."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from labeling import SimulatedAnnotator
@@ -53,7 +55,17 @@ def test_one_full_loop_turn(ls_settings, tmp_path):
         relabeled, deleted = annotated[0], annotated[1]
         wrong = "1" if truth[relabeled.image_name] != "1" else "2"
         annotator.update_annotation(relabeled.annotations[0].id, wrong)
-        annotator.delete_annotation(deleted.annotations[0].id)
+        gone = deleted.annotations[0].id
+        annotator.delete_annotation(gone)
+        # The deletion reaches the loop only through Label Studio's own webhook (registered for
+        # the ML backend, received and spooled by the service): the task has no annotation
+        # left, so no task listing shows it, and nothing in this test spools events.
+        deadline = time.monotonic() + 30
+        while gone not in loop.state.pending_deletions():
+            assert time.monotonic() < deadline, "Label Studio's ANNOTATIONS_DELETED webhook never arrived"
+            loop.process_events()
+            time.sleep(0.5)
+        assert all(gone not in {a.id for a in t.annotations} for t in gateway.tasks_updated_since(project, None))
         second = loop.collect()
         assert second.upserts == 1 and second.deletes == 1
         assert loop.collect().commit is None  # exactly once: nothing collected twice

@@ -1,22 +1,31 @@
-"""`labelloop up` killed with SIGKILL leaves no process of its stack behind; started again
-on the same home it comes up with one Label Studio; a second `up` on a live home and a
-taken port are refused with messages that say what to do."""
+"""`labelloop up` killed with SIGKILL at a random moment, while annotators label and its
+scheduler collects, leaves no process of its stack behind; started again on the same home
+it comes up with one Label Studio, and the pushed labels equal Label Studio's, each once; a
+second `up` on a live home and a taken port are refused with messages that say what to do."""
 
 from __future__ import annotations
 
+import itertools
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from labeling import LabelStudioGateway, SimulatedAnnotator
 from loop.stack import free_port
+from loop.starter import digits_truth
+from pipelines.labels import current_annotations
 from tests.conftest import make_settings
+from tests.helpers.remote import labels_from_remote
 
 pytestmark = pytest.mark.e2e
 
@@ -60,11 +69,44 @@ def _label_studio_processes(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
+class Annotators:
+    """Annotators labeling the pool while `up` runs (and its scheduler collects every 2 s);
+    a call that fails because the stack died is given up, as a browser would."""
+
+    def __init__(self, settings):
+        self.settings, self.truth, self.done = settings, digits_truth(), 0
+
+    def label(self, n: int, rng: random.Random) -> None:
+        gateway = LabelStudioGateway(self.settings.label_studio_url, self.settings.label_studio_token_file.read_text().strip())
+        annotator = SimulatedAnnotator(gateway)
+        project = gateway.find_project(self.settings.project_title)
+        todo = sorted(t for t, name in gateway.task_images(project).items())
+        labeled = {t.id for t in gateway.tasks_updated_since(project, None)}
+        for task_id in [t for t in todo if t not in labeled][:n]:
+            image = gateway.tasks_by_id([task_id])[0].image_name
+            annotator.annotate(task_id, self.truth[image])
+            self.done += 1
+            time.sleep(rng.uniform(0.05, 0.4))
+
+    def in_background(self, n: int, rng: random.Random) -> threading.Thread:
+        def work() -> None:
+            try:
+                self.label(n, rng)
+            except Exception:  # noqa: BLE001 - the stack was killed under them
+                pass
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        return thread
+
+
 def test_kill_9_of_up_leaves_nothing_and_a_restart_comes_up_once(tmp_path):
     settings = make_settings(tmp_path / "home", tmp_path / "ws",
-                             label_studio_url=f"http://127.0.0.1:{free_port()}", retrain_interval_s=3600)
+                             label_studio_url=f"http://127.0.0.1:{free_port()}", retrain_interval_s=3600,
+                             collect_interval_s=2.0)
     env = {k: v for k, v in settings.child_env().items() if k != "LABELLOOP_LABEL_STUDIO_API_KEY"}
     data_dir = settings.label_studio_token_file.parent
+    rng = random.Random(16)
 
     up = _start_up(env, tmp_path / "up-1.log")
     _wait_ready(up, tmp_path / "up-1.log", timeout_s=600)
@@ -73,12 +115,18 @@ def test_kill_9_of_up_leaves_nothing_and_a_restart_comes_up_once(tmp_path):
     assert "label-studio" in listing and "bentoml" in listing, listing
     assert len(_label_studio_processes(data_dir)) == 1
 
+    # SIGKILL at a random moment while annotators label and the scheduler collects.
+    annotators = Annotators(settings)
+    working = annotators.in_background(40, rng)
+    time.sleep(rng.uniform(3.0, 9.0))
     up.send_signal(signal.SIGKILL)
     up.wait()
     deadline = time.monotonic() + 60
     while _alive(tree) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _alive(tree), f"left running after kill -9 of up:\n{_describe(_alive(tree))}\n(tree was:\n{listing})"
+    working.join(60)
+    assert annotators.done >= 1  # the kill came while they worked
 
     # Started again on the same home, as systemd or a person would: one Label Studio, ready.
     again = _start_up(env, tmp_path / "up-2.log")
@@ -94,6 +142,27 @@ def test_kill_9_of_up_leaves_nothing_and_a_restart_comes_up_once(tmp_path):
         assert second.returncode == 2, second.stderr
         assert "already runs" in second.stderr and str(again.pid) in second.stderr
         assert len(_label_studio_processes(data_dir)) == 1
+        annotators.label(5, rng)  # more labels after the restart
+        # Everything Label Studio holds reaches the PUSHED data exactly once, through the
+        # restarted scheduler's own collects (and the one cut short by the kill).
+        gateway = LabelStudioGateway(settings.label_studio_url, settings.label_studio_token_file.read_text().strip())
+        project = gateway.find_project(settings.project_title)
+        in_label_studio = {a.id: (t.image_name, a.label) for t in gateway.tasks_updated_since(project, None)
+                           for a in t.annotations if not a.was_cancelled}
+        # (one annotation may have been saved by Label Studio as the kill cut its answer off)
+        assert annotators.done <= len(in_label_studio) <= annotators.done + 1
+        deadline = time.monotonic() + 120
+        for attempt in itertools.count():
+            events = labels_from_remote(settings.workspace, tmp_path / f"verify-{attempt}")
+            pushed = {e.annotation_id: (e.image, e.label) for e in current_annotations(events).values()
+                      if e.annotation_id is not None}
+            if pushed == in_label_studio or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        assert pushed == in_label_studio
+        upserts = Counter((e.annotation_id, e.annotation_updated_at) for e in events
+                          if e.op == "upsert" and e.annotation_id is not None)  # not the seed labels
+        assert max(upserts.values()) == 1  # nothing collected twice across the kill
         tree = psutil.Process(again.pid).children(recursive=True)
     finally:
         again.send_signal(signal.SIGTERM)
