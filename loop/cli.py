@@ -242,6 +242,18 @@ def train() -> None:
 
 
 @app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="The training run (`labelloop status` lists them)")],
+) -> None:
+    """What a run's model changes against the model serving when it was judged: metrics on the
+    same images, changed predictions, confusion matrices, data and params since (Markdown, JSON, PNG)."""
+    files = Loop(_settings()).report(run_id)
+    console.print(files.markdown.read_text())
+    console.print(f"report: {files.markdown} (and {files.json.name}, "
+                  f"{', '.join(p.name for p in files.pictures) or 'no pictures'})")
+
+
+@app.command()
 def promote(
     run_id: Annotated[str, typer.Argument(help="The training run whose model should serve (`labelloop status`)")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the history)")] = "",

@@ -7,6 +7,7 @@ collect   `Collection`: Label Studio annotations -> label shard -> one git commi
 train     `TrainingRuns`: data commit -> launcher (dvc repro) -> evaluation gate -> promotion
 rescore   `QueueKeeper`: promoted model -> pool predictions -> Label Studio's queue order
 status    `status_report`
+report    `loop.reports`: what a run's model changes against the serving one
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from loop.imports import ImportReport
 from loop.promotions import Promotions, current_user
 from loop.provision import add_images, connect_project, create_workspace, create_workspace_from_images
 from loop.queue import Progress, QueueKeeper
+from loop.reports import ReportFiles, write_report
 from loop.s3images import is_s3_url
 from loop.state import RunRecord, StateStore
 from loop.status import LoopStatus, status_report
@@ -133,6 +135,7 @@ class Loop:
         the new model. A promoted model whose re-score fails stays promoted: the failure is
         recorded for `status` and the next promotion (or `labelloop rescore`) re-scores."""
         run = self.training.run(trigger=trigger)
+        self._report(run)
         if rescore and run.status == "promoted":
             try:
                 self.queue.rescore(run.model_tag, progress=progress)
@@ -140,6 +143,24 @@ class Loop:
                 log.warning("promoted, but the pool was not re-scored: %s", exc)
                 self.state.set_job_error("rescore", str(exc))
         return run
+
+    def report(self, run_id: str) -> ReportFiles:
+        """The model-change report of a run (written again from what the run left)."""
+        run = self.state.run_or_none(run_id)
+        if run is None:
+            raise NoModelError(f"no training run {run_id!r}; `labelloop status` lists the runs")
+        return write_report(self.context, run)
+
+    def _report(self, run: RunRecord) -> None:
+        """Every run that produced a model gets its report; a report that cannot be written
+        is logged, never a failed run (the run and its model stand)."""
+        if run.model_tag is None:
+            return
+        try:
+            files = write_report(self.context, run)
+            log.info("run %s: report %s", run.run_id, files.markdown)
+        except (LabelloopError, OSError, ValueError) as exc:
+            log.warning("run %s: no report (%s)", run.run_id, exc)
 
     def retrain_if_due(self) -> RunRecord | None:
         """The retrain policy (enough new labels, a request, no model yet); None if not due

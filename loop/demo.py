@@ -167,6 +167,7 @@ def run_demo(
     settings = demo_settings(settings, base, per_round=per_round)
     started = time.perf_counter()
     rows: list[RoundRow] = []
+    last_run_id: str | None = None
     say = lambda msg: console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/] {msg}")  # noqa: E731
 
     ls = LabelStudioServer(settings, ls_data)
@@ -236,6 +237,7 @@ def run_demo(
                 scheduler = build_scheduler(loop)
                 scheduler.start()
             run = _wait_for_run(loop, spent["train"], timeout_s=600, idle=top_up if round_no == 1 else None)
+            last_run_id = run.run_id
             serving = loop.status().serving
             tag = serving.tag if serving else ""
             if tag:
@@ -265,6 +267,9 @@ def run_demo(
         console.print(f"Label Studio: {ls.url}  (login {settings.label_studio_username})")
         console.print(f"Service:      {service.url}  (Swagger UI at /, OpenAPI at /docs.json)")
         console.print(f"Workspace:    {settings.workspace}  (git log; dvc metrics show)")
+        last = settings.runs_dir / last_run_id / "report" / "report.md" if last_run_id else None
+        if last is not None and last.exists():
+            console.print(f"Last run:     {last}  (what its model changed: `labelloop report {last_run_id}`)")
         say("done; stopping everything the demo started")
         return rows
     finally:

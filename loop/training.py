@@ -19,6 +19,7 @@ from loop.context import LoopContext
 from loop.launchers import Launcher, TrainingRequest, TrainingResult
 from loop.state import RunRecord
 from loop.promotions import Promotions
+from loop.reports import write_gate_record
 from pipelines.params import Params
 from serving import PredictionClient, PromotionRecord, read_promotion
 
@@ -151,6 +152,8 @@ class TrainingRuns:
         """Promote only if not worse than the serving model, judged on the same set."""
         ctx = self.ctx
         serving = read_promotion(ctx.settings.promotion_file)
+        write_gate_record(ctx.settings.runs_dir / run_id, serving.tag if serving else None,
+                          serving.data_commit if serving else None, serving.run_id if serving else None)
         judged_by = result.judged_by or "test"
         n_judged = len(result.judged_on) if result.judged_on is not None else (result.metrics or {}).get("n_test")
         scored = {"model_tag": result.model_tag, "accuracy": result.accuracy, "n_labels": result.n_labels,

@@ -157,7 +157,7 @@ def build_model(params: Params, weights: WeightsSource | None = None):  # -> ker
     # training=False: BatchNormalization keeps its statistics even while fine-tuning.
     features = backbone(x, training=False)
     embedding = keras.layers.Identity(name=EMBEDDING_LAYER)
-    dropout = keras.layers.Dropout(params.model.dropout)
+    dropout = keras.layers.Dropout(params.model.dropout, name="head_dropout")
     classify = keras.layers.Dense(n_classes, activation="softmax", name="classify")
     outputs = classify(dropout(embedding(features)))
     model = keras.Model(inputs, outputs, name=f"{params.model.backbone}_classifier")

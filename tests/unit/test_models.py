@@ -50,7 +50,7 @@ def test_a_weights_file_has_its_sha256_in_the_lineage_and_a_wrong_one_is_refused
     assert source.lineage == {"weights": str(weights_file),
                               "weights_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest()}
     model, backbone, head = build_model(_params(weights=str(weights_file)), source)
-    assert [layer.name for layer in model.layers][-3:] == [EMBEDDING_LAYER, "dropout", "classify"]
+    assert [layer.name for layer in model.layers][-3:] == [EMBEDDING_LAYER, "head_dropout", "classify"]
     assert head.output_shape == (None, 3) and backbone.output_shape == (None, 576)
     with pytest.raises(ConfigError, match="does not fit MobileNetV3Large at 32x32"):
         build_model(_params(backbone="MobileNetV3Large", weights=str(weights_file)))
