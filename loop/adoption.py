@@ -40,7 +40,7 @@ from loop.imports import ImportReport
 from loop.ingest import DownloadExaminer, FoundImage, SkippedFile, classes_from_label_config, image_suffix
 from loop.queue import Progress
 from loop.workspace import Workspace
-from serving.fetch import ImageFetcher, storage_resolve_path
+from serving.fetch import ImageFetcher, redact_url, storage_resolve_path
 from serving.labeling_config import parse_label_config
 from serving.protocol import UnprocessableError
 
@@ -166,7 +166,7 @@ def _project_images(
                 urls = [_fetch_url(t, data_key) for t in chunk]
                 fetched = runner.run(fetcher.fetch_many([u or "" for u in urls]))
                 for task, url, got in zip(chunk, urls, fetched, strict=True):
-                    origin = f"{ADOPTED_ORIGIN}{project_id} task {task.id} ({_redact(_raw_url(task, data_key))})"
+                    origin = f"{ADOPTED_ORIGIN}{project_id} task {task.id} ({redact_url(_raw_url(task, data_key))})"
                     if url is None:
                         got = BadInputError(f"task data has no image URL under {data_key!r}")
                     if isinstance(got, (FetchError, BadInputError)):
@@ -222,13 +222,3 @@ def _url_name(url: str) -> str:
     parts = urlsplit(url)
     local = parse_qs(parts.query).get("d")  # Label Studio local files: the path is in d=
     return local[-1] if local else parts.path
-
-
-def _redact(url: str) -> str:
-    """What the report and the pool shard may say about a task's URL: no query string (a
-    signed URL's credentials), no data URI's payload; a local file's path stays."""
-    if url.startswith("data:"):
-        return url.split(",", 1)[0] + ",..."
-    if "?" in url and "/data/local-files/" not in url:
-        return url.split("?", 1)[0] + "?..."
-    return url

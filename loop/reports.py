@@ -20,12 +20,13 @@ import numpy as np
 import yaml
 
 from kernel.errors import NoModelError, WorkspaceError
-from kernel.layout import IMAGES_DIR, JUDGED_FILE, LABELS_DIR, POOL_DIR, TEST_IMAGES_DIR
+from kernel.layout import JUDGED_FILE, LABELS_DIR, TEST_IMAGES_DIR
 from loop.context import LoopContext
 from loop.state import RunRecord
+from loop.workspace import Workspace
 from pipelines.images import InputSpec, decode_image
-from pipelines.labels import BATCH_PREFIX, IMPORT_PREFIX, SEED_SHARD, labels_by_image, read_shard
-from pipelines.pool import read_pool
+from pipelines.labels import labels_by_image, read_shard, shard_paths
+from serving.inference import LoadedModel
 
 __all__ = ["GATE_FILE", "ReportFiles", "write_gate_record", "write_report"]
 
@@ -82,7 +83,7 @@ def write_report(ctx: LoopContext, run: RunRecord) -> ReportFiles:
                                         "it trained elsewhere, or its folder was removed)"}
     else:
         names = sorted(judged)
-        paths = [_image_path(ws.root, name, run.judged_by) for name in names]
+        paths = [ws.root / TEST_IMAGES_DIR / n if run.judged_by == "test" else ws.image_path(n) for n in names]
         truth = [judged[n] for n in names]
         new = _predict(candidate, paths)
         report["evaluation"] = {"set": run.judged_by, "images": len(names),
@@ -98,7 +99,7 @@ def write_report(ctx: LoopContext, run: RunRecord) -> ReportFiles:
                 report["evaluation"]["changes"] = _changes(truth, old, new)
                 pictures.append(_confusion_png(out / "confusion-serving.png", classes, truth, old,
                                                f"{serving_tag} (serving at the gate)"))
-    report["data"] = _data_delta(ws.root, serving_commit, run.data_commit, classes)
+    report["data"] = _data_delta(ws, serving_commit, run.data_commit, classes)
     report["params"] = _params_diff(ws, serving_commit, run.data_commit)
     json_path = out / "report.json"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -108,16 +109,9 @@ def write_report(ctx: LoopContext, run: RunRecord) -> ReportFiles:
 
 
 # --- models ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Model:
-    tag: str
-    classes: list[str]
-    spec: InputSpec
-    keras_model: object
-
-
-def _load(ctx: LoopContext, tag: str) -> _Model:
-    """A model from the store as the register stage left it (no BentoML import needed)."""
+def _load(ctx: LoopContext, tag: str) -> LoadedModel:
+    """A model from the store as the register stage left it (read directly: no BentoML
+    import in the loop), as the serving core holds it."""
     import keras
 
     name, _, version = tag.partition(":")
@@ -125,17 +119,16 @@ def _load(ctx: LoopContext, tag: str) -> _Model:
     if not (stored / "model.keras").exists():
         raise NoModelError(f"model {tag} is no longer in the model store {ctx.settings.bentoml_home}")
     meta = yaml.safe_load((stored / "model.yaml").read_text())["metadata"]
-    return _Model(tag, [str(c) for c in meta["classes"]], InputSpec.from_metadata(meta),
-                  keras.saving.load_model(stored / "model.keras"))
+    return LoadedModel(tag=tag, classes=[str(c) for c in meta["classes"]], image_size=int(meta["image_size"]),
+                       keras_model=keras.saving.load_model(stored / "model.keras"), metadata=meta,
+                       spec=InputSpec.from_metadata(meta))
 
 
-def _predict(model: _Model, paths: list[Path], batch: int = 256) -> list[str]:
-    from pipelines.images import preprocess
-
+def _predict(model: LoadedModel, paths: list[Path], batch: int = 256) -> list[str]:
+    """The serving core's forward pass (`LoadedModel.predict`), a batch of files at a time."""
     labels: list[str] = []
     for start in range(0, len(paths), batch):
-        x = preprocess([decode_image(p) for p in paths[start : start + batch]], model.spec)
-        probabilities = np.asarray(model.keras_model.predict_on_batch(x))
+        probabilities, _ = model.predict([decode_image(p) for p in paths[start : start + batch]])
         labels += [model.classes[i] for i in probabilities.argmax(axis=1)]
     return labels
 
@@ -144,13 +137,6 @@ def _judged(run_dir: Path) -> dict[str, str]:
     """{image: label} the evaluate stage judged the run on (`pipelines.evaluate`)."""
     path = run_dir / "repo" / JUDGED_FILE
     return dict(json.loads(path.read_text()).get("labels") or {}) if path.exists() else {}
-
-
-def _image_path(root: Path, name: str, judged_by: str | None) -> Path:
-    if judged_by == "test":
-        return root / TEST_IMAGES_DIR / name
-    index = {p.name: p for p in read_pool(root / POOL_DIR)}
-    return root / IMAGES_DIR / index[name].relpath if name in index else root / IMAGES_DIR / name
 
 
 # --- comparisons ---------------------------------------------------------------------------
@@ -179,25 +165,20 @@ def _changes(truth: list[str], old: list[str], new: list[str]) -> dict:
     }
 
 
-def _labels_at(root: Path, ws_git, commit: str | None) -> dict[str, str]:
+def _labels_at(ws: Workspace, commit: str | None) -> dict[str, str]:
     """The labels the workspace held at a commit: the label shards tracked then (shards are
     immutable once committed, so today's files are that commit's)."""
     if not commit:
         return {}
-    listed = ws_git("ls-tree", "--name-only", commit, f"{LABELS_DIR}/").split()
-    names = {Path(p).name.removesuffix(".dvc") for p in listed if p.endswith(".csv.dvc")}
-    order = sorted(names, key=lambda n: (n != SEED_SHARD, not n.startswith(IMPORT_PREFIX), n))
-    events = [e for n in order if n.startswith((SEED_SHARD, IMPORT_PREFIX, BATCH_PREFIX))
-              for e in read_shard(root / LABELS_DIR / n)]
-    return labels_by_image(events)
+    listed = ws.git("ls-tree", "--name-only", commit, f"{LABELS_DIR}/").split()
+    tracked = {Path(p).name.removesuffix(".dvc") for p in listed if p.endswith(".csv.dvc")}
+    return labels_by_image(e for path in shard_paths(ws.root / LABELS_DIR) if path.name in tracked
+                           for e in read_shard(path))
 
 
-def _data_delta(root: Path, before_commit: str | None, commit: str, classes: list[str]) -> dict:
-    from loop.workspace import Workspace
-
-    git = Workspace(root).git
+def _data_delta(ws: Workspace, before_commit: str | None, commit: str, classes: list[str]) -> dict:
     try:
-        before, after = _labels_at(root, git, before_commit), _labels_at(root, git, commit)
+        before, after = _labels_at(ws, before_commit), _labels_at(ws, commit)
     except (WorkspaceError, OSError) as exc:
         return {"note": f"label history not readable here: {exc}"}
     per_class: dict[str, Counter] = {c: Counter() for c in classes}

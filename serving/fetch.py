@@ -45,7 +45,7 @@ from kernel.errors import BadInputError, FetchError, LabelloopError
 
 __all__ = [
     "ImageFetcher", "LabelStudioTokenAuth", "OutsideRootError", "decode_base64", "local_file", "none_usable",
-    "storage_resolve_path",
+    "redact_url", "storage_resolve_path",
 ]
 
 #: Where Label Studio serves local files; `d=` is the path under its document root.
@@ -288,15 +288,15 @@ class ImageFetcher:
                     response = await open_web.get(absolute)
             except httpx.HTTPError as exc:
                 hint = f" at {self.label_studio_url}; {_URL_HINT}" if to_label_studio else ""
-                raise FetchError(f"cannot fetch {_redact(url)}: {type(exc).__name__}{hint}") from exc
+                raise FetchError(f"cannot fetch {redact_url(url)}: {type(exc).__name__}{hint}") from exc
         if response.status_code != 200:
             # The host that refused: a presigned URL's 403 (a missing object, an expired
             # signature) is no fault of Label Studio's token.
             refused = str(response.url).startswith(self.label_studio_url + "/") and response.status_code in (401, 403)
             hint = f" from Label Studio at {self.label_studio_url}: {_TOKEN_HINT}" if refused else ""
-            raise FetchError(f"cannot fetch {_redact(url)}: HTTP {response.status_code}{hint}")
+            raise FetchError(f"cannot fetch {redact_url(url)}: HTTP {response.status_code}{hint}")
         if len(response.content) > self.max_image_bytes:
-            raise BadInputError(f"{_redact(url)} is larger than {self.max_image_bytes} bytes")
+            raise BadInputError(f"{redact_url(url)} is larger than {self.max_image_bytes} bytes")
         self._cache[absolute] = response.content
         return response.content
 
@@ -345,8 +345,11 @@ def _detail(response: httpx.Response) -> str:
     return f": {str(detail)[:200]}" if detail else ""
 
 
-def _redact(url: str) -> str:
-    """Signed URLs (S3, GCS) carry credentials in the query string: never log those."""
+def redact_url(url: str) -> str:
+    """What a log, an error or a report may say of an image URL: signed URLs (S3, GCS) carry
+    credentials in the query string, a data URI its whole image; a local file's path stays."""
+    if url.startswith("data:"):
+        return url.split(",", 1)[0] + ",..."
     if "?" not in url or "/data/local-files/" in url:
         return url
     return url.split("?", 1)[0] + "?..."

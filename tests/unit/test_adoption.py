@@ -13,7 +13,8 @@ import httpx
 
 from labeling import Annotation, LabelStudioGateway, Task
 from labeling.gateway import ProjectTask
-from loop.adoption import AdoptionReport, _fetch_url, _redact, _url_name
+from loop.adoption import AdoptionReport, _fetch_url, _url_name
+from serving.fetch import redact_url
 from loop.collection import annotation_events
 from loop.imports import ImportReport
 
@@ -62,10 +63,10 @@ def test_names_for_the_stored_copy_and_what_a_report_may_show():
     assert _url_name("/data/local-files/?d=team/photos/a%20b.JPG") == "team/photos/a b.JPG"
     assert _url_name("https://cdn.example.com/p/q.webp?X-Amz-Signature=s") == "/p/q.webp"
     assert _url_name("data:image/png;base64,AAAA") == ""
-    assert _redact("https://bucket.s3.amazonaws.com/k.png?X-Amz-Signature=secret") == \
+    assert redact_url("https://bucket.s3.amazonaws.com/k.png?X-Amz-Signature=secret") == \
         "https://bucket.s3.amazonaws.com/k.png?..."
-    assert _redact("data:image/png;base64," + "A" * 1000) == "data:image/png;base64,..."
-    assert _redact("/data/local-files/?d=team/a.png") == "/data/local-files/?d=team/a.png"
+    assert redact_url("data:image/png;base64," + "A" * 1000) == "data:image/png;base64,..."
+    assert redact_url("/data/local-files/?d=team/a.png") == "/data/local-files/?d=team/a.png"
 
 
 def test_the_report_says_what_became_of_the_tasks():
