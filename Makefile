@@ -8,7 +8,7 @@ UV := $(TOOLS)/bin/uv
 UV_VERSION := 0.13.9
 export LABELLOOP_LABEL_STUDIO_VENV ?= $(CURDIR)/$(LS_VENV)
 
-.PHONY: help venvs demo up test test-fast bench bench-serving bench-rescore bench-add bench-s3 bench-models bench-al lock clean
+.PHONY: help venvs chromium demo up test test-fast bench bench-serving bench-rescore bench-add bench-s3 bench-models bench-al bench-quality lock clean
 
 help:
 	@echo "make demo   set up (venvs) and run the whole loop once on the digits starter"
@@ -49,10 +49,24 @@ demo: venvs
 up: venvs
 	$(VENV)/bin/labelloop up
 
-test: venvs
+# The dashboard's test renders the page in a real headless browser: Debian's chromium,
+# installed when missing (as root, or with sudo; ~21 s on a fresh Debian machine).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium (the dashboard test renders the page in it) ..."; \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update && apt-get install -y --no-install-recommends chromium; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium; \
+	  else \
+	    echo "chromium is missing and cannot be installed from here (not root, no password-less sudo):" \
+	         "run 'apt-get install chromium' as root, then make test again" >&2; exit 1; \
+	  fi; }
+
+test: venvs chromium
 	$(VENV)/bin/python -m pytest
 
-test-fast: venvs
+test-fast: venvs chromium
 	$(VENV)/bin/python -m pytest -m "not e2e"
 
 # Benchmarks are not tests: they measure, print ratios and write bench/results/*.json.
@@ -61,10 +75,12 @@ test-fast: venvs
 # the committed results are `make bench-al BENCH_AL_ARGS="--epochs 20"` (~95 min + the row).
 BENCH_AL_ARGS ?=
 
-bench: bench-serving bench-rescore bench-add bench-s3 bench-models bench-al
+bench: bench-serving bench-rescore bench-add bench-s3 bench-models bench-al bench-quality
 
+# Then production capture's cost on latency (capture off vs on; the `capture` key of serving.json).
 bench-serving: $(VENV)/.project
 	$(VENV)/bin/python -m bench.serving
+	$(VENV)/bin/python -m bench.serving --capture
 
 # A 10,000-task pool re-scored and pushed into a real Label Studio (margin and diverse_margin).
 bench-rescore: venvs
@@ -88,6 +104,11 @@ bench-models: $(VENV)/.project
 bench-al: $(VENV)/.project
 	$(VENV)/bin/python -m bench.active_learning $(BENCH_AL_ARGS)
 	$(VENV)/bin/python -m bench.active_learning --from-scratch $(BENCH_AL_ARGS)
+
+# Label quality: suspects caught and reviews spent, accuracy at equal cost, a rare class with
+# and without class balance (5 seeds, digits, a linear head on the pixels: minutes).
+bench-quality: $(VENV)/.project
+	$(VENV)/bin/python -m bench.label_quality
 
 lock: | $(UV)
 	$(UV) pip compile --quiet pyproject.toml --extra test --extra bench --python-version 3.11 -o requirements.lock

@@ -32,6 +32,20 @@ weights; speed does not depend on the weights' values). The real service with ba
 and off, 64 clients, one colour PNG of about 100 px per `/classify` request: here the
 forward pass dominates, so batching should pay; the ratio is `batched_over_unbatched`.
 Writes bench/results/serving_backbone.json.
+
+`--capture` (issue 17): production capture's cost on latency. The real service (batching
+on) three ways, started side by side and measured in turns at 1, 16 and 64 clients (three
+rounds, the order reversed every other round, so a machine that gets busier meanwhile
+weighs on every mode alike): capture off (the default: drift monitoring on), capture on, and both
+off (what the drift monitor costs). Every request sends an image no request sent before
+(the workspace's digits, copies with a corner pixel nudged), so the writer really writes;
+its own digits model (trained once, cached under bench/.work/capture: it has a drift
+reference, so the drift monitor works). "On" is the worst case: every answered image is
+chosen (confidence window [0, 1]) and no cap stops the writer, so each request hands its
+image to the background writer, which hashes it, checks the store and writes a file. p50
+and p99 side by side, errors beside them, and what the writer did (the service's capture
+counters); written into the `capture` key of
+bench/results/serving.json (the rest of the file is kept).
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ import base64
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -78,8 +93,8 @@ BACKBONE_IMAGES, BACKBONE_LABELS_PER_CLASS = 150, 20
 BACKBONE_TARGET_RATIO = 4.0
 
 
-def trained_model() -> tuple[Settings, PromotionRecord]:
-    settings = Settings.load(home=WORK / "home", workspace=WORK / "workspace")
+def trained_model(work: Path = WORK) -> tuple[Settings, PromotionRecord]:
+    settings = Settings.load(home=work / "home", workspace=work / "workspace")
     record = read_promotion(settings.promotion_file)
     if record is None:
         print("training the digits model once (cached in bench/.work) ...", flush=True)
@@ -147,10 +162,14 @@ Request = Callable[[], tuple[str, object, dict]]
 Check = Callable[[bytes], str | None]
 
 
-def classify_request(image: bytes) -> Request:
+def classify_request(image: bytes | list[bytes]) -> Request:
+    """One image per request: always the same one, or each of a list in turn."""
+    images = [image] if isinstance(image, bytes) else image
+    turn = iter(range(10**12))
+
     def make() -> tuple[str, object, dict]:
         form = aiohttp.FormData()
-        form.add_field("images", image, filename="d.png", content_type="image/png")
+        form.add_field("images", images[next(turn) % len(images)], filename="d.png", content_type="image/png")
         return "/classify", form, {}
     return make
 
@@ -294,12 +313,13 @@ def _predict_100(url: str, image: bytes, repeats: int = 5) -> dict:
             "max_s": round(max(times), 3) if times else None}
 
 
-def _classify_levels(mode: str, url: str, image: bytes, seconds: float, pids: dict[str, list[int]],
+def _classify_levels(mode: str, url: str, image: bytes | list[bytes], seconds: float, pids: dict[str, list[int]],
                      levels: tuple[int, ...] = CONCURRENCY) -> list[dict]:
-    asyncio.run(_load(url, classify_request(image), 16, 2.0))  # warm-up: graph tracing, connections
+    request = classify_request(image)  # one for all levels: a list of images goes on where it stopped
+    asyncio.run(_load(url, request, 16, 2.0))  # warm-up: graph tracing, connections
     runs = []
     for clients in levels:
-        runs.append(_profiled_load(url, classify_request(image), clients, seconds, pids))
+        runs.append(_profiled_load(url, request, clients, seconds, pids))
         _print_run(mode, runs[-1])
     return runs
 
@@ -367,6 +387,141 @@ def measure(settings: Settings, batching: bool, image: bytes, seconds: float, *,
     errors = sum(r["errors"] for r in runs + predict_runs) + (predict["errors"] if predict else 0)
     return {"mode": mode, "batching": batching, "errors": errors, "runs": runs,
             "predict_single_task": predict_runs or None, "predict_100": predict}
+
+
+#: `--capture`: its own model (trained once by the current pipeline, so it has a drift reference).
+CAPTURE_WORK = ROOT / "bench" / ".work" / "capture"
+CAPTURE_CLIENTS = (1, 16, 64)
+#: Different images, more than a run sends (3 modes x 3 loads x 3 rounds, ~200 req/s at most here): none repeats.
+CAPTURE_IMAGES = 40_000
+#: Capture "on" in its worst case: every answered image chosen, no cap reached.
+CAPTURE_ON = {"capture_enabled": True, "capture_min_confidence": 0.0, "capture_max_confidence": 1.0,
+              "capture_max_per_hour": 10**9, "capture_max_per_day": 10**9, "capture_max_pending": 10**9}
+#: The modes, one after the other: the default (capture off, drift monitoring on), capture on,
+#: and neither (what the drift monitor itself costs).
+CAPTURE_MODES = {"off": {}, "on": CAPTURE_ON, "drift_off": {"drift_enabled": False}}
+
+
+def measure_capture(settings: Settings, images: list[bytes], seconds: float, repeats: int = 3) -> dict:
+    """The real service (batching on) in each of `CAPTURE_MODES`, all three started, then
+    measured in turns at each load (`repeats` rounds, the order reversed every other round,
+    so a machine that gets busier or quieter meanwhile weighs on every mode alike); each
+    request one of `images` in turn (none repeats)."""
+    from serving.client import PredictionClient
+
+    servers: dict[str, tuple[Settings, ServiceServer]] = {}
+    runs: dict[str, list[dict]] = {mode: [] for mode in CAPTURE_MODES}
+    counters: dict = {}
+    drift_reference = None
+    request = classify_request(images)  # shared: every request of every mode sends a new image
+    try:
+        for mode, overrides in CAPTURE_MODES.items():
+            home = CAPTURE_WORK / f"mode-{mode}"
+            shutil.rmtree(home, ignore_errors=True)
+            # The model store is shared, BentoML's home is not: it holds the Prometheus
+            # multiprocess files, which each starting server wipes.
+            (home / "bentoml").mkdir(parents=True)
+            (home / "bentoml" / "models").symlink_to(settings.bentoml_home / "models")
+            (home / "promotion.json").write_text(settings.promotion_file.read_text())
+            update = {"home": home, "service_port": free_port(), "serving_batching": True, "capture_enabled": False,
+                      "drift_enabled": True}
+            serve = settings.model_copy(update={**update, **overrides})
+            servers[mode] = (serve, ServiceServer(serve).start(timeout_s=240))
+        for mode, (serve, server) in servers.items():
+            while httpx.get(f"{server.url}/readyz").status_code != 200:
+                time.sleep(0.5)
+            asyncio.run(_load(server.url, request, 16, 2.0))  # warm-up: graph tracing, connections
+        pids = {mode: _worker_pids(serve.home) for mode, (serve, _) in servers.items()}
+        for clients in CAPTURE_CLIENTS:
+            for round_ in range(repeats):
+                order = list(CAPTURE_MODES) if round_ % 2 == 0 else list(reversed(CAPTURE_MODES))
+                for mode in order:
+                    run = _profiled_load(servers[mode][1].url, request, clients, seconds, pids[mode])
+                    runs[mode].append(run)
+                    _print_run(f"capture {mode}", run)
+        time.sleep(2.0)  # the writer finishes what it was handed; the last drift checks are published
+        for mode, (serve, _) in servers.items():
+            client = PredictionClient.for_settings(serve.serving)
+            metrics = client.production_metrics()
+            client.close()
+            if mode == "on" and metrics:
+                counters = {"captured": metrics.captured, "skipped": metrics.skipped, "failed": metrics.failed,
+                            "files_written": len(list((serve.home / "capture").glob("*.png")))}
+            if mode == "off" and metrics:
+                drift_reference = metrics.drift_reference_images
+    finally:
+        for _, server in servers.values():
+            server.stop()
+    rows = []
+    for clients in CAPTURE_CLIENTS:
+        row: dict = {"clients": clients}
+        for mode in CAPTURE_MODES:
+            mine = [r for r in runs[mode] if r["clients"] == clients]
+            row[mode] = {
+                "throughput_rps": round(statistics.mean(r["throughput_rps"] for r in mine), 1),
+                "errors": sum(r["errors"] for r in mine),
+                "p50_ms": round(statistics.mean(r["p50_ms"] for r in mine), 2) if all(r["p50_ms"] for r in mine) else None,
+                "p99_ms": round(statistics.mean(r["p99_ms"] for r in mine), 2) if all(r["p99_ms"] for r in mine) else None,
+                "cpu_ms_per_request": {role: round(statistics.mean(r["cpu_ms_per_request"][role] for r in mine), 2)
+                                       for role in mine[0]["cpu_ms_per_request"]},
+                "foreign_cpu_s": [r["foreign_cpu_s"] for r in mine],
+            }
+        rows.append(row)
+    at16 = _at(rows, 16)
+    return {
+        "what": "the real service, batching on: capture off (the default: drift monitoring on), capture on (every "
+                "answered image chosen, no cap: the worst case) and both off; one different image per /classify "
+                f"request; each load {repeats} rounds, modes in turns; p50/p99/req/s are means over the rounds",
+        "seconds_per_level": seconds, "rounds": repeats, "images": len(images),
+        "clients": 16, "p50_ms_off": at16["off"]["p50_ms"], "p50_ms_on": at16["on"]["p50_ms"],
+        "p99_ms_off": at16["off"]["p99_ms"], "p99_ms_on": at16["on"]["p99_ms"],
+        "errors_off": sum(r["off"]["errors"] for r in rows), "errors_on": sum(r["on"]["errors"] for r in rows),
+        "p50_on_over_off": _ratio(at16["on"]["p50_ms"], at16["off"]["p50_ms"]),
+        "p50_ms_drift_off": at16["drift_off"]["p50_ms"], "p99_ms_drift_off": at16["drift_off"]["p99_ms"],
+        "errors_drift_off": sum(r["drift_off"]["errors"] for r in rows),
+        "drift_reference_images": drift_reference, "rows": rows, "writer": counters, "runs": runs,
+    }
+
+
+def _distinct_pngs(paths: list[Path], n: int) -> list[bytes]:
+    """`n` different PNGs from the workspace's digits (each copy after the first has its
+    corner pixel nudged), so that every request of a run hands the writer a new image."""
+    import io
+
+    out = []
+    for i in range(n):
+        with Image.open(paths[i % len(paths)]) as image:
+            copy = image.convert("L")
+        if i >= len(paths):
+            copy.putpixel((0, 0), (copy.getpixel((0, 0)) + i // len(paths)) % 256)
+        buf = io.BytesIO()
+        copy.save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def main_capture(seconds: float, out: Path) -> None:
+    """`--capture`: capture off vs on, into the `capture` key of `out` (the rest of it kept)."""
+    started = time.perf_counter()
+    settings, record = trained_model(CAPTURE_WORK)
+    images = _distinct_pngs(sorted((settings.workspace / "data" / "images").rglob("*.png")), CAPTURE_IMAGES)
+    load_before = os.getloadavg()
+    print(f"model {record.tag}; capture off vs on; {seconds:.0f} s per level; {len(images)} images in turn; "
+          f"load average {load_before[0]:.2f}", flush=True)
+    capture = measure_capture(settings, images, seconds)
+    capture["loadavg_1m_before"] = round(load_before[0], 2)
+    capture["seconds_this_run"] = round(time.perf_counter() - started, 1)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result["capture"] = capture
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print("\ncapture off | on | off, drift monitor off: req/s · errors (p50 / p99 ms)")
+    for r in capture["rows"]:
+        cells = [f"{r[m]['throughput_rps']:.0f} · {r[m]['errors']} ({r[m]['p50_ms']} / {r[m]['p99_ms']})"
+                 for m in CAPTURE_MODES]
+        print(f"  {r['clients']:>3} clients: " + " | ".join(cells))
+    print(f"writer: {capture['writer']}")
+    print(f"wrote the capture key of {out.relative_to(ROOT)} ({capture['seconds_this_run']:.0f} s)")
 
 
 MODEL_TIMING = """
@@ -524,7 +679,12 @@ def main() -> None:
                              "and off at 64 clients (serving_backbone.json)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default bench/results/serving.json (digits), serving_backbone.json (backbone)")
+    parser.add_argument("--capture", action="store_true",
+                        help="only production capture's cost: capture off vs on (into serving.json's `capture` key)")
     args = parser.parse_args()
+    if args.capture:
+        main_capture(args.seconds, (args.out or ROOT / "bench" / "results" / "serving.json").resolve())
+        return
     if args.model == "backbone":
         main_backbone(args.seconds, (args.out or ROOT / "bench" / "results" / "serving_backbone.json").resolve())
         return

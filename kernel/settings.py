@@ -74,6 +74,23 @@ class ServingSettings(_Section):
     model_poll_interval_s: float = 1.0
     query_strategy: str = "margin"
     label_studio: LabelStudioSettings
+    # Production capture and drift (serving/capture.py, serving/drift.py).
+    capture_enabled: bool = False
+    capture_dir: Path | str = ""
+    capture_min_confidence: float = 0.0
+    capture_max_confidence: float = 0.5
+    capture_sample_rate: float = 0.01
+    capture_drift_sample_rate: float = 0.2
+    capture_max_per_hour: int = 100
+    capture_max_per_day: int = 1000
+    capture_max_pending: int = 5000
+    capture_queue_size: int = 256
+    drift_enabled: bool = True
+    drift_window: int = 300
+    drift_min_samples: int = 100
+    drift_check_every: int = 50
+    drift_p_value: float = 0.01
+    drift_components: int = 8
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -140,6 +157,17 @@ class Settings(BaseSettings):
         default="",
         description="How Label Studio and the loop reach the service. Empty: from host/port.",
     )
+    dashboard_port: int = Field(
+        default=3001, ge=0, le=65535,
+        description="The dashboard page (`labelloop up`, `schedule`, `dashboard`) on service_host. 0 or empty: off.",
+    )
+
+    @field_validator("dashboard_port", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        """LABELLOOP_DASHBOARD_PORT= (empty) turns the dashboard off, like 0."""
+        return 0 if value is None or (isinstance(value, str) and not value.strip()) else value
+
     model_poll_interval_s: float = 1.0
     serving_workers: int = Field(
         default=1, ge=1, description="Model worker processes (each loads the promoted model)."
@@ -170,6 +198,49 @@ class Settings(BaseSettings):
     fetch_cache_mb: float = Field(default=64.0, ge=0, description="Fetched-image cache size.")
     prediction_log_max_mb: float = Field(
         default=50.0, gt=0, description="Rotate <home>/logs/predictions.jsonl at this size."
+    )
+    # --- production capture and drift (README "Production capture and drift") ---------
+    capture_enabled: bool = Field(
+        default=False, description="Keep client images answered with low confidence (and a random sample) "
+        "for labeling: they join the pool as tasks tagged source: production.",
+    )
+    capture_url: str = Field(
+        default="", description="Where the service keeps captured images until the loop imports them (a path, "
+        "relative to the home, or an fsspec URL). Empty: <artifacts_url>/capture, else <home>/capture.",
+    )
+    capture_min_confidence: float = Field(default=0.0, ge=0, le=1)
+    capture_max_confidence: float = Field(
+        default=0.5, ge=0, le=1, description="Images whose top probability lies in [min, max] are captured.",
+    )
+    capture_sample_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Share of the other images captured at random (an unbiased view).",
+    )
+    capture_drift_sample_rate: float = Field(
+        default=0.2, ge=0, le=1, description="The random share while the service detects drift.",
+    )
+    capture_max_per_hour: int = Field(default=100, ge=0)
+    capture_max_per_day: int = Field(default=1000, ge=0)
+    capture_max_pending: int = Field(
+        default=5000, ge=0, description="Most captured images waiting for the loop: the store's total cap.",
+    )
+    capture_queue_size: int = Field(
+        default=256, ge=1, description="Images waiting for the background writer; a full queue drops (counted).",
+    )
+    capture_import_interval_s: float = Field(
+        default=300.0, gt=0, description="How often the scheduler imports captured images into the pool.",
+    )
+    capture_import_max: int = Field(default=1000, ge=1, description="Most captured images per data commit.")
+    drift_enabled: bool = Field(default=True, description="Compare client inputs with the model's reference.")
+    drift_window: int = Field(default=300, ge=10, description="The most recent client images compared.")
+    drift_min_samples: int = Field(default=100, ge=10, description="No verdict before this many images.")
+    drift_check_every: int = Field(default=50, ge=1, description="Test again after this many new images.")
+    drift_p_value: float = Field(
+        default=0.01, gt=0, lt=1, description="Family-wise significance of the three tests (Bonferroni).",
+    )
+    drift_components: int = Field(default=8, ge=1, description="PCA components of the embedding test.")
+    drift_retrain: bool = Field(
+        default=False, description="While drift is detected, queue a training run as soon as any new label "
+        "arrived since the serving model (instead of waiting for LABELLOOP_RETRAIN_MIN_NEW_LABELS).",
     )
 
     # --- the loop ----------------------------------------------------------------
@@ -241,6 +312,24 @@ class Settings(BaseSettings):
         "queue for one more annotator (until review_max_annotators have labeled it).",
     )
     review_max_annotators: int = Field(default=3, ge=2)
+    quality_suspects: bool = Field(
+        default=True,
+        description="After a collect that brought new labels, find likely wrong ones (cleanlab on out-of-sample "
+        "probabilities) and re-queue them for one more annotator (loop/quality.py).",
+    )
+    quality_hold_suspects: bool = Field(
+        default=True, description="Suspect labels stay out of training and evaluation until someone reviews them.",
+    )
+    quality_min_labels_per_class: int = Field(
+        default=20, ge=5,
+        description="Suspects are searched once there are this many labels per class on average (fewer: "
+        "out-of-sample probabilities are too weak, and correct labels get flagged).",
+    )
+    query_class_balance: bool = Field(
+        default=False,
+        description="Each batch of query_batch_size tasks takes the predicted classes in turn (the rarest "
+        "labeled class first), so rare classes stay represented.",
+    )
     cold_start_diverse: int = Field(
         default=1000, ge=1,
         description="No model yet: this many pool tasks are queued in a diversity order "
@@ -336,6 +425,19 @@ class Settings(BaseSettings):
         return self.home / "events"
 
     @property
+    def capture_dir(self) -> Path | str:
+        """Captured client images, written by the service, imported and removed by the loop
+        (in shared storage when there is one: the two run in different pods)."""
+        if self.capture_url:
+            if "://" in self.capture_url:
+                return self.capture_url
+            # Relative to the home, which every process shares (their working directories differ).
+            return (self.home / Path(self.capture_url).expanduser()).resolve()
+        if self.artifacts_url:
+            return f"{self.artifacts_url.rstrip('/')}/capture"
+        return self.home / "capture"
+
+    @property
     def prediction_log(self) -> Path:
         """JSON lines, one per prediction served, rotated (monitoring, drift analysis)."""
         return self.home / "logs" / "predictions.jsonl"
@@ -391,6 +493,14 @@ class Settings(BaseSettings):
             events_dir=self.events_dir, artifacts_url=self.artifacts_url,
             model_poll_interval_s=self.model_poll_interval_s, query_strategy=self.query_strategy,
             label_studio=self.label_studio,
+            capture_enabled=self.capture_enabled, capture_dir=self.capture_dir,
+            capture_min_confidence=self.capture_min_confidence, capture_max_confidence=self.capture_max_confidence,
+            capture_sample_rate=self.capture_sample_rate, capture_drift_sample_rate=self.capture_drift_sample_rate,
+            capture_max_per_hour=self.capture_max_per_hour, capture_max_per_day=self.capture_max_per_day,
+            capture_max_pending=self.capture_max_pending, capture_queue_size=self.capture_queue_size,
+            drift_enabled=self.drift_enabled, drift_window=self.drift_window,
+            drift_min_samples=self.drift_min_samples, drift_check_every=self.drift_check_every,
+            drift_p_value=self.drift_p_value, drift_components=self.drift_components,
         )
 
     @property

@@ -423,9 +423,13 @@ class LabelStudioGateway:
                 tasks.append(_task(raw))
         return tasks
 
-    def import_images(self, project_id: int, names: Iterable[str], urls: Mapping[str, str]) -> dict[int, str]:
+    def import_images(self, project_id: int, names: Iterable[str], urls: Mapping[str, str],
+                      extra: Mapping[str, Mapping[str, str]] | None = None) -> dict[int, str]:
         """Import images as tasks (`urls[name]`: where Label Studio shows it from), skipping
-        names already imported. Returns every task of the project: {task id: image name}."""
+        names already imported; `extra[name]`: more task data (`source: production`, which
+        annotators and the Data Manager filter on). Returns every task of the project:
+        {task id: image name}."""
+        extra = extra or {}
         tasks = self.task_images(project_id)
         existing = set(tasks.values())
         new = [n for n in names if n not in existing]
@@ -435,7 +439,7 @@ class LabelStudioGateway:
                 "import tasks",
                 self._client.projects.import_tasks,
                 id=project_id,
-                request=[{IMAGE_FIELD: urls[n], NAME_FIELD: n} for n in chunk],
+                request=[{**extra.get(n, {}), IMAGE_FIELD: urls[n], NAME_FIELD: n} for n in chunk],
                 return_task_ids=True,
             )
             ids = getattr(response, "task_ids", None)

@@ -16,6 +16,7 @@ from typing import Any
 
 from kernel.errors import LabelStudioError
 from labeling.gateway import LabelStudioGateway, Task, _choice_result, _task
+from labeling.noise import AnnotatorNoise
 
 __all__ = ["QueueSettings", "ReviewState", "SimulatedAnnotator"]
 
@@ -52,15 +53,21 @@ class SimulatedAnnotator:
         raw = self._gateway._get(f"api/projects/{project_id}/next/" + (f"?view={view}" if view else ""))
         return _task(raw) if raw and raw.get("id") else None
 
-    def label_next(self, project_id: int, truth: Mapping[str, str], n: int) -> list[str]:
-        """Label up to `n` tasks in queue order, answering from `truth` (image name -> label);
-        returns the image names labeled, in order."""
+    def label_next(self, project_id: int, truth: Mapping[str, str], n: int, *,
+                   noise: AnnotatorNoise | None = None, completed_by: int | None = None) -> list[str]:
+        """Label up to `n` tasks in queue order, answering from `truth` (image name -> label),
+        wrongly where `noise` says so. `completed_by` records the answers as another user's
+        (`add_user`), so that this annotator (the API key's user, whose queue `/next/` serves)
+        has not labeled them and can review them later. Returns the image names labeled, in order."""
+        classes = sorted(set(truth.values()))
         labeled = []
         for _ in range(n):
             task = self.next_task(project_id)
             if task is None:
                 break
-            self.annotate(task.id, truth[task.image_name])
+            right = truth[task.image_name]
+            self.annotate(task.id, noise.answer(task.image_name, right, classes) if noise else right,
+                          completed_by=completed_by)
             labeled.append(task.image_name)
         return labeled
 
@@ -116,6 +123,13 @@ class SimulatedAnnotator:
     # --- reading back what Label Studio holds ---------------------------------------------
     def all_tasks(self, project_id: int) -> list[Task]:
         return self._gateway._tasks(project_id, None)
+
+    def task_data(self, task_id: int) -> dict[str, Any]:
+        """The task's data as Label Studio holds it (what the Data Manager's columns show)."""
+        raw = self._gateway._get(f"api/tasks/{task_id}/?resolve_uri=false")
+        if raw is None:
+            raise LabelStudioError(f"task {task_id} does not exist in Label Studio at {self._gateway.url}")
+        return dict(raw.get("data") or {})
 
     def review_state(self, task_id: int) -> ReviewState:
         raw = self._gateway._get(f"api/tasks/{task_id}/")

@@ -43,6 +43,7 @@ from loop.ingest import classes_from_label_config, parse_classes
 from loop.s3images import is_s3_url
 
 if TYPE_CHECKING:
+    from loop.dashboard import DashboardServer
     from loop.stack import StackLock
 
 #: An OSError that reached the CLI (disk full, permissions, a file that vanished).
@@ -292,8 +293,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         console.print_json(json.dumps(payload, default=str))
         return
     console.print(f"workspace      {st.workspace} @ {st.data_commit[:10]} (batch {st.label_batch})")
+    held = st.label_quality["held_out"] if st.label_quality else 0
     console.print(f"labels         {st.labels}: {st.training_labels} for training, "
-                  f"{st.labels - st.training_labels} for evaluation ({st.labels_pending_training} since last training)")
+                  f"{st.labels - st.training_labels - held} for evaluation"
+                  + (f", {held} suspect labels held out until reviewed" if held else "")
+                  + f" ({st.labels_pending_training} since last training)")
     if st.evaluation:
         ev = st.evaluation
         state = "judges the runs" if ev.ready else "still needs " + "; ".join(ev.missing) + \
@@ -314,7 +318,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                       f"(held back from training): {', '.join(st.held_back_for_review[:5])}[/]")
     if st.requeued_for_review:
         console.print(f"re-queued      {len(st.requeued_for_review)} tasks back in the queue for one more "
-                      f"annotator (disagreement): {', '.join(map(str, st.requeued_for_review[:5]))}")
+                      f"annotator (disagreement or a suspect label): {', '.join(map(str, st.requeued_for_review[:5]))}")
     if st.queue_version:
         console.print(f"queue order    {st.queue_version}")
     if st.pending_deletions:
@@ -331,6 +335,14 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(st.image_fetch_failures.items()))
         console.print(f"[yellow]fetch failures {sum(st.image_fetch_failures.values())} task images since the "
                       f"service started ({reasons}); its log names each cause[/]")
+    from loop.monitoring import production_lines
+
+    for line in production_lines(st.production):
+        console.print(line)
+    from loop.quality import quality_lines
+
+    for line in quality_lines(st.label_quality):
+        console.print(line)
     table = Table("run", "status", "trigger", "labels", "accuracy", "judged by", "reason")
     for r in st.runs:
         judged = f"{r.judged_by} ({r.n_judged})" if r.judged_by else "-"
@@ -356,11 +368,14 @@ def up(
     settings = _settings()
     with StackLock(settings.home) as lock:  # one `up` per home; what a dead one left is stopped
         lock.record(label_studio_url=settings.label_studio_url if label_studio else None,
-                    service_url=settings.resolved_service_url)
+                    service_url=settings.resolved_service_url,
+                    dashboard_url=f"http://{settings.service_host}:{settings.dashboard_port}"
+                    if settings.dashboard_port else None)
         _run_stack(settings, lock, label_studio=label_studio)
 
 
 def _run_stack(settings: Settings, lock: "StackLock", *, label_studio: bool) -> None:
+    from loop.dashboard import DashboardServer
     from loop.scheduler import build_scheduler
     from loop.stack import LabelStudioServer, ServiceServer
     from serving import read_promotion
@@ -375,7 +390,10 @@ def _run_stack(settings: Settings, lock: "StackLock", *, label_studio: bool) -> 
     loop = Loop(settings)
     service = ServiceServer(settings)
     scheduler = None
+    dashboard = DashboardServer.for_loop(loop)
     try:
+        if dashboard is not None:
+            dashboard.start()  # first: it shows the stack coming up (the first training, Label Studio starting)
         if not loop.workspace.exists():
             console.print(f"creating a digits workspace at {loop.workspace.root} ...")
             loop.init(starter="digits")
@@ -394,14 +412,29 @@ def _run_stack(settings: Settings, lock: "StackLock", *, label_studio: bool) -> 
         console.print(f"Label Studio  {settings.label_studio_url}  login {settings.label_studio_username}"
                       " (password: $LABELLOOP_LABEL_STUDIO_PASSWORD, default labelloop-admin)")
         console.print(f"Service       {service.url}")
+        _print_dashboard(settings, dashboard)
         console.print("Ctrl-C stops everything.")
         _wait_for_stop()
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        if dashboard is not None:
+            dashboard.stop()
         service.stop()
         if ls is not None:
             ls.stop()
+
+
+def _print_dashboard(settings: Settings, dashboard: "DashboardServer | None") -> None:
+    if dashboard is None:
+        console.print("Dashboard     off (LABELLOOP_DASHBOARD_PORT=0)")
+        return
+    login = ""
+    if settings.serving_api_key is not None:
+        login = " (login: any user name, the API key $LABELLOOP_SERVING_API_KEY as the password)"
+    elif settings.serving.basic_auth is not None:
+        login = " (login: $LABELLOOP_SERVING_BASIC_AUTH_USER / _PASSWORD)"
+    console.print(f"Dashboard     {dashboard.url}{login}")
 
 
 def _wait_for_stop() -> None:
@@ -419,20 +452,50 @@ def schedule() -> None:
     """Run only the scheduler (collect, retrain policy, events); SIGTERM stops it.
 
     Label Studio and the service run elsewhere: what the Kubernetes scheduler Deployment runs."""
+    from loop.dashboard import DashboardServer
     from loop.scheduler import build_scheduler
 
     loop = Loop(_settings())
     if not loop.workspace.exists():
         console.print(f"creating a digits workspace at {loop.workspace.root} ...")
         loop.init(starter="digits")
-    loop.connect()
-    scheduler = build_scheduler(loop)
-    scheduler.start()
-    console.print("scheduler running; SIGTERM stops it")
+    dashboard = DashboardServer.for_loop(loop)
+    if dashboard is not None:
+        dashboard.start()
+    try:
+        loop.connect()
+        scheduler = build_scheduler(loop)
+        scheduler.start()
+        console.print("scheduler running; SIGTERM stops it")
+        _print_dashboard(loop.settings, dashboard)
+        try:
+            _wait_for_stop()
+        finally:
+            scheduler.shutdown(wait=True)
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+
+
+@app.command()
+def dashboard(
+    snapshot: Annotated[Optional[Path], typer.Option(
+        help="Write the page to this file (pictures inline) and exit, instead of serving it")] = None,
+) -> None:
+    """Serve the dashboard page on LABELLOOP_DASHBOARD_PORT (the loop may run elsewhere: it reads the
+    home, the workspace, the service and Label Studio); SIGTERM or Ctrl-C stops it."""
+    from loop.dashboard import DashboardServer, write_snapshot
+
+    loop = Loop(_settings())
+    if snapshot is not None:
+        console.print(f"dashboard snapshot: {write_snapshot(loop, snapshot)}")
+        return
+    server = DashboardServer(loop).start()
+    _print_dashboard(loop.settings, server)
     try:
         _wait_for_stop()
     finally:
-        scheduler.shutdown(wait=True)
+        server.stop()
 
 
 @app.command()

@@ -1,5 +1,7 @@
 """Collection: Label Studio annotations -> one label shard -> one git commit -> dvc push,
-exactly once across crashes (the cursor is committed with the shard it describes)."""
+exactly once across crashes (the cursor is committed with the shard it describes). The
+labels a batch brings are checked for likely errors before the commit (`loop.quality`):
+suspects found are written into the same commit."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from kernel.errors import LabelloopError
 from labeling import Task
 from labeling.gateway import NAME_FIELD
 from loop.context import LoopContext
+from loop.quality import SuspectCheck
 from loop.state import utcnow
 from loop.workspace import Cursor
-from pipelines.labels import LabelEvent
+from pipelines.labels import LabelEvent, Suspect
 from serving import drain_events
 
 __all__ = ["CollectResult", "Collection", "annotation_events"]
@@ -30,6 +34,7 @@ class CollectResult:
     deletes: int
     commit: str | None
     batch: int
+    suspects: int = 0  # labels of this batch (or earlier ones not judged yet) found likely wrong
 
 
 def annotation_events(
@@ -95,6 +100,7 @@ class Collection:
     def __init__(self, ctx: LoopContext, *, on_training_requested: Callable[[str], None]):
         self.ctx = ctx
         self._on_training_requested = on_training_requested
+        self._suspects = SuspectCheck(ctx)
 
     def collect(self, *, full: bool = False) -> CollectResult:
         """New/changed/deleted annotations -> one shard -> one commit -> dvc push.
@@ -139,8 +145,10 @@ class Collection:
                 return CollectResult(0, 0, 0, None, cursor.batch)
             newest = max([t.updated_at for t in tasks] + [cursor.updated_at or ""])
             new_cursor = Cursor(batch=cursor.batch + 1, updated_at=newest)
+            suspects = self._check(events, new_cursor.batch)  # written into this commit
             commit = ws.commit_labels(events, new_cursor)
-            ctx.state.set_marks(last_collect_commit=commit)
+            ctx.state.set_marks(last_collect_commit=commit,
+                                **({"quality_checked_batch": new_cursor.batch} if suspects is not None else {}))
             ctx.state.forget_deletions(deleted)
             cp("collect:deletions-forgotten")
             ctx.push_if_needed()
@@ -149,7 +157,22 @@ class Collection:
         upserts = sum(e.op == "upsert" for e in events)
         log.info("collected batch %d: %d upserts, %d deletes -> %s",
                  new_cursor.batch, upserts, len(events) - upserts, commit[:10])
-        return CollectResult(len(events), upserts, len(events) - upserts, commit, new_cursor.batch)
+        return CollectResult(len(events), upserts, len(events) - upserts, commit, new_cursor.batch,
+                             suspects=len(suspects or []))
+
+    def _check(self, events: list[LabelEvent], batch: int) -> list[Suspect] | None:
+        """Suspect labels among the new ones (None: not judged now). A check that fails is
+        logged and recorded for `status`, never a failed collect: the labels still go in,
+        and are judged at the next collect."""
+        try:
+            found = self._suspects.check(self.ctx.workspace.events(), events, batch)
+        except (LabelloopError, OSError, ValueError) as exc:
+            log.warning("labels of batch %d not checked for suspects: %s", batch, exc)
+            self.ctx.state.set_job_error("quality", f"labels of batch {batch} not checked for suspects: {exc}")
+            return None
+        if "quality" in self.ctx.state.job_errors():
+            self.ctx.state.set_job_error("quality", None)
+        return found
 
     def _full_collect_due(self) -> bool:
         last = self.ctx.state.marks().last_full_collect

@@ -8,6 +8,7 @@ train     `TrainingRuns`: data commit -> launcher (dvc repro) -> evaluation gate
 rescore   `QueueKeeper`: promoted model -> pool predictions -> Label Studio's queue order
 status    `status_report`
 report    `loop.reports`: what a run's model changes against the serving one
+production `loop.monitoring`: captured client images -> the pool; drift -> a training run
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from loop.context import LoopContext
 from loop.creation import ModelKind
 from loop.launchers import Launcher, make_launcher
 from loop.imports import ImportReport
+from loop.monitoring import ProductionMonitor, ProductionTick
 from loop.promotions import Promotions, current_user
 from loop.provision import add_images, connect_project, create_workspace, create_workspace_from_images
 from loop.queue import Progress, QueueKeeper
@@ -54,6 +56,7 @@ class Loop:
         self.training = TrainingRuns(self.context, launcher or make_launcher(settings), self.promotions)
         self.queue = QueueKeeper(self.context, get_strategy(settings.query_strategy))
         self.collection = Collection(self.context, on_training_requested=self.training.request)
+        self.production = ProductionMonitor(self.context, self.queue, self.training)
         #: Files (objects) of the watched folder (prefix) already imported, with the
         #: (size, mtime) (ETag) they had.
         self._watched: dict[str, tuple] = {}
@@ -117,6 +120,15 @@ class Loop:
 
     def connect(self) -> int:
         return connect_project(self.context, self.queue)
+
+    def watch_production(self) -> ProductionTick:
+        """The scheduler's `production` job: captured client images join the pool; drift may
+        queue a training run."""
+        return self.production.tick()
+
+    def import_captures(self) -> ImportReport | None:
+        """Captured client images -> one data commit -> tasks tagged `source: production`."""
+        return self.production.import_captures()
 
     def collect(self, *, full: bool = False) -> CollectResult:
         """Collect (one commit, pushed), then re-queue disagreements for review, and move the

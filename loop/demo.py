@@ -31,6 +31,7 @@ from kernel.errors import LabelloopError
 from kernel.settings import Settings
 from labeling import SimulatedAnnotator
 from loop.core import Loop
+from loop.dashboard import write_snapshot
 from loop.scheduler import build_scheduler
 from loop.stack import LabelStudioServer, ServiceServer, free_port
 from loop.starter import StarterImage, digits_images
@@ -139,6 +140,11 @@ def _wait_for_run(loop: Loop, min_labels: int, timeout_s: float,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         runs = loop.state.runs(5)
+        # Suspect labels (loop.quality) are held out of training until reviewed: once the
+        # collect has committed every label given, the run to wait for trains on the rest.
+        splits = loop.workspace.label_splits()
+        if len(splits.train) + len(splits.held_suspects) >= min_labels:
+            min_labels = min(min_labels, len(splits.train))
         for run in runs:
             if run.status != "running" and (run.n_labels or 0) >= min_labels:
                 rescored = loop.state.marks().rescored_version == run.model_tag
@@ -270,6 +276,11 @@ def run_demo(
         last = settings.runs_dir / last_run_id / "report" / "report.md" if last_run_id else None
         if last is not None and last.exists():
             console.print(f"Last run:     {last}  (what its model changed: `labelloop report {last_run_id}`)")
+        # The demo stops its servers: the page is kept as a file, taken while they still answer.
+        page = write_snapshot(loop)
+        live = (f"`make up` serves the live page at http://{settings.service_host}:{settings.dashboard_port}"
+                if settings.dashboard_port else "no live page: LABELLOOP_DASHBOARD_PORT=0")
+        console.print(f"Dashboard:    {page}  (a snapshot; {live})")
         say("done; stopping everything the demo started")
         return rows
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from kernel.errors import ConfigError, LabelloopError
 from kernel.layout import IMAGES_DIR
@@ -24,9 +24,15 @@ from loop.workspace import Workspace
 from pipelines.params import EvalParams
 from serving import WEBHOOK_SECRET_HEADER, PredictionClient, read_promotion
 
-__all__ = ["create_workspace", "create_workspace_from_images", "connect_project", "add_images"]
+__all__ = ["create_workspace", "create_workspace_from_images", "connect_project", "add_images", "add_found_images",
+           "PRODUCTION_ORIGIN", "PRODUCTION_TASK_DATA"]
 
 log = logging.getLogger(__name__)
+
+#: A captured client image's origin in the pool shard: `production:<capture file name>`.
+PRODUCTION_ORIGIN = "production:"
+#: Task data of a captured client image, for annotators and the Data Manager's filters.
+PRODUCTION_TASK_DATA = {"source": "production"}
 
 
 def create_workspace(
@@ -127,23 +133,44 @@ def add_images(
     `seen`: files (objects) read before, by path (URL), with their (size, mtime) (ETag): they
     are not read again."""
     ws = ctx.require_workspace()
+
+    def scan(pinned: Mapping[str, str]) -> Iterable[FoundImage | SkippedFile]:
+        return _scan(folder, ws.classes(), labels_csv, labels_from_folders, progress, seen,
+                     endpoint_url=ctx.settings.s3_endpoint_url, pinned=pinned)
+
+    return _add_to_pool(ctx, queue, scan, progress=progress, seen=seen)
+
+
+def add_found_images(ctx: LoopContext, queue: QueueKeeper, found: Iterable[FoundImage | SkippedFile], *,
+                     progress: Progress | None = None) -> ImportReport:
+    """Images found elsewhere (captured client images, `loop.monitoring`) join the pool as
+    `add`'s do: one data commit, pushed, tasks, queued."""
+    return _add_to_pool(ctx, queue, lambda _pinned: found, progress=progress)
+
+
+def _add_to_pool(
+    ctx: LoopContext, queue: QueueKeeper, scan: Callable[[Mapping[str, str]], Iterable[FoundImage | SkippedFile]], *,
+    progress: Progress | None = None, seen: dict[str, tuple] | None = None,
+) -> ImportReport:
+    ws = ctx.require_workspace()
     with ctx.workspace_lock:
         before = dict(seen) if seen is not None else None
         try:
             pinned = {row.source: row.sha256 for row in ws.pool_index().values() if is_s3_url(row.source)}
-            report = ws.add_images(_scan(folder, ws.classes(), labels_csv, labels_from_folders, progress, seen,
-                                         endpoint_url=ctx.settings.s3_endpoint_url, pinned=pinned))
+            report = ws.add_images(scan(pinned))
         except BaseException:
             if seen is not None:  # not imported after all: read them again next time
                 seen.clear()
                 seen.update(before or {})
             raise
         ctx.push_if_needed(report.outputs)
-    if report.commit is None or ctx.state.marks().project_id is None:
-        return report  # nothing new, or not connected yet: `labelloop connect` imports the pool
+    if ctx.state.marks().project_id is None:
+        return report  # not connected yet: `labelloop connect` imports the pool
+    known_tasks = ctx.state.tasks()
+    if report.commit is None and not _tasks_missing(ws, set(known_tasks.values())):
+        return report  # nothing new (an import cut short after its commit is finished below)
     _ensure_storages(ctx, ws, ctx.project_id())  # a first image from a new bucket
-    known_tasks = set(ctx.state.tasks())
-    report.tasks_imported = len(_import_tasks(ctx, ws).keys() - known_tasks)
+    report.tasks_imported = len(_import_tasks(ctx, ws).keys() - known_tasks.keys())
     try:
         report.queued = queue.rescore(progress=progress)
     except LabelloopError as exc:  # the images are in; the next promotion or `rescore` queues them
@@ -193,13 +220,23 @@ def _ensure_storages(ctx: LoopContext, ws: Workspace, project: int) -> None:
             ctx.gateway.ensure_s3_storage(project, bucket, credentials, presign=ctx.settings.s3_presign)
 
 
+def _tasks_missing(ws: Workspace, known: set[str]) -> bool:
+    """Pool images that should have a task and have none known: an import stopped after its
+    data commit (Label Studio down, a crash) leaves them; the next import finishes it."""
+    in_buckets, local = _task_urls(ws)
+    shown = set(in_buckets) | set(local)
+    return any(name in shown and name not in known for name in ws.pool_images())
+
+
 def _import_tasks(ctx: LoopContext, ws: Workspace) -> dict[int, str]:
     in_buckets, local = _task_urls(ws)
     prefix = f"/data/local-files/?d={_images_under_files_root(ctx, ws)}/" if local else ""
     urls = {n: f"{prefix}{ws.image_relpath(n)}" for n in local}
     urls.update(in_buckets)
     names = [n for n in ws.pool_images() if n in urls]  # pool order; adopted images have their tasks
-    tasks = ctx.gateway.import_images(ctx.project_id(), names, urls)
+    extra = {name: PRODUCTION_TASK_DATA for name, row in ws.pool_index().items()
+             if row.source.startswith(PRODUCTION_ORIGIN)}
+    tasks = ctx.gateway.import_images(ctx.project_id(), names, urls, extra)
     ctx.state.set_tasks(tasks)
     return tasks
 

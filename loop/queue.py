@@ -2,8 +2,10 @@
 
 After a promotion the unlabeled pool is re-scored through the service and pushed in bulk;
 before any model exists it is queued in a diversity order (cold start); tasks whose
-annotators disagree go back to the top for one more annotator (review); after each push
-the project is aligned so that its queue follows that model version's scores."""
+annotators disagree, and suspect labels (`loop.quality`), go back to the top for one more
+annotator (review); after each push the project is aligned so that its queue follows that
+model version's scores. With `query_class_balance`, every batch of `query_batch_size` tasks
+takes the predicted classes in turn (`pipelines.strategies.class_balanced_order`)."""
 
 from __future__ import annotations
 
@@ -14,14 +16,22 @@ from collections.abc import Callable
 import numpy as np
 
 from kernel.errors import LabelloopError, ServiceUnavailableError
+from kernel.layout import LABELS_DIR
 from labeling import TaskPrediction
 from loop.context import LoopContext
+from loop.quality import REVIEW_FIELD, record_pool_predictions
 from pipelines.images import decode_image, preprocess
 from pipelines.models import pretrained_features
 from pipelines.params import Params
-from pipelines.labels import current_annotations, held_back
+from pipelines.labels import current_annotations, held_back, read_suspects, suspect_states
 from pipelines.pool import eval_order_key
-from pipelines.strategies import BatchQueryStrategy, QueryStrategy, cold_start_order, order_to_scores
+from pipelines.strategies import (
+    BatchQueryStrategy,
+    QueryStrategy,
+    class_balanced_order,
+    cold_start_order,
+    order_to_scores,
+)
 from serving import ImagePrediction, PredictionClient, read_promotion
 
 __all__ = ["QueueKeeper", "COLD_START_VERSION", "REVIEW_SCORE", "Progress", "interleave_scores"]
@@ -98,6 +108,8 @@ class QueueKeeper:
         scores = [p.score for p in preds]
         if batch_mode and preds:
             scores = self.batch_mode_scores(client, preds)
+        if ctx.settings.query_class_balance and preds:
+            scores = self.class_balanced_scores(preds, scores)
         scored_s = time.perf_counter() - started
         stale = {p.model_version for p in preds} - {tag}
         if stale:  # the service swapped again mid-way: the next promotion re-scores
@@ -110,6 +122,7 @@ class QueueKeeper:
         ] + self._eval_positions(eval_tasks, scores, tag))
         self._align(project, tag)
         ctx.state.set_marks(rescored_version=tag, rescored_tasks=pushed)
+        record_pool_predictions(ctx.state, tag, {name: p.label for (_, name), p in zip(tasks, preds, strict=True)})
         ctx.state.set_job_error("rescore", None)
         log.info("re-scored %d pool tasks with %s in %.1fs (scored in %.1fs, pushed and aligned in %.1fs)",
                  pushed, tag, time.perf_counter() - started, scored_s, time.perf_counter() - started - scored_s)
@@ -204,34 +217,72 @@ class QueueKeeper:
 
     def requeue_disagreements(self) -> list[int]:
         """Tasks whose annotators disagree with no majority (the images `majority` holds
-        back) are served once more, first in the queue, to an annotator who has not labeled
-        them, until `review_max_annotators` have. Returns the tasks re-queued now."""
+        back), and open suspect labels (`loop.quality`), are served once more, first in the
+        queue, to an annotator who has not labeled them, until `review_max_annotators` have
+        (a suspect: until one more has). A suspect's task says why in its data
+        (`REVIEW_FIELD`). Returns the tasks re-queued now."""
         ctx = self.ctx
-        if not ctx.settings.review_disagreements or not ctx.workspace.exists():
+        settings = ctx.settings
+        if not (settings.review_disagreements or settings.quality_suspects) or not ctx.workspace.exists():
             return []
-        events = ctx.workspace.events()
-        tied = set(held_back(events, "majority"))
+        ws = ctx.workspace
+        events = ws.events()
+        review = set(held_back(events, "majority")) if settings.review_disagreements else set()
+        reasons: dict[str, str] = {}
+        if settings.quality_suspects:
+            suspects = read_suspects(ws.root / LABELS_DIR)
+            states = suspect_states(events, suspects, ws.params().data.label_policy)
+            reasons = {s.image: s.reason for s in suspects if states.get(s.image) == "open"}
+            # A review the label policy settled (`latest`: the review's label stands) is no
+            # disagreement to take further; under `majority` it is a tie (unresolved): it is.
+            review -= {image for image, state in states.items() if state in ("confirmed", "relabeled")}
+            review |= set(reasons)
         annotators: dict[int, set[str]] = {}
+        images: dict[int, str] = {}
         for event in current_annotations(events).values():
-            if event.image in tied and event.task_id is not None:
+            if event.image in review and event.task_id is not None:
                 annotators.setdefault(event.task_id, set()).add(event.annotator or str(event.annotation_id))
+                images[event.task_id] = event.image
         # Still waiting for the extra annotator; resolved ties (and ties that got it) leave.
         asked = {t: n for t, n in ctx.state.review_queue().items() if t in annotators and len(annotators[t]) < n}
         version = ctx.state.marks().queue_version
-        requeued = []
-        for task_id, who in sorted(annotators.items()):
-            wanted = len(who) + 1
-            if wanted > ctx.settings.review_max_annotators or asked.get(task_id, 0) >= wanted:
-                continue
+        due = {task_id: len(who) + 1 for task_id, who in annotators.items()
+               if len(who) + 1 <= settings.review_max_annotators and asked.get(task_id, 0) < len(who) + 1}
+        why = {t: (images[t], reasons[images[t]]) for t in due if images[t] in reasons}
+        if why:
+            self._say_why(ctx.project_id(), why)
+        for task_id, wanted in sorted(due.items()):
             ctx.gateway.requeue_for_review(task_id, wanted)
-            if version:  # first in the queue Label Studio serves now
-                self._push_review_positions(ctx.project_id(), [task_id], version)
-            asked[task_id] = wanted  # recorded after both: a crash re-asks (idempotent)
-            ctx.state.set_review_queue(asked)
-            requeued.append(task_id)
-            log.info("task %s: annotators disagree; re-queued for annotator %d", task_id, wanted)
+            log.info("task %s: %s; re-queued for annotator %d", task_id,
+                     "suspect label" if images[task_id] in reasons else "annotators disagree", wanted)
+        if version and due:  # first in the queue Label Studio serves now; one import for all of
+            # them (Label Studio recounts the whole project after every prediction import)
+            self._push_review_positions(ctx.project_id(), sorted(due), version)
+        asked.update(due)  # recorded after both: a crash re-asks (idempotent)
         ctx.state.set_review_queue(asked)
-        return requeued
+        return sorted(due)
+
+    def _say_why(self, project: int, why: dict[int, tuple[str, str]]) -> None:
+        """Each re-queued suspect's reason in its task's data (`REVIEW_FIELD`: a column of the
+        Data Manager, and in the task's JSON). Label Studio replaces a task's data as a whole
+        on update, so the rest is read first: the annotated tasks' rows, one listing."""
+        for task in self.ctx.gateway.project_tasks(project, annotated=True):
+            if task.id in why and task.data.get(REVIEW_FIELD) != why[task.id][1]:
+                image, reason = why[task.id]
+                self.ctx.gateway.set_task_name(task.id, {**task.data, REVIEW_FIELD: reason}, image)
+
+    def class_balanced_scores(self, preds: list[ImagePrediction], scores: list[float]) -> list[float]:
+        """The queue's order (lowest score first) re-arranged so that every batch of
+        `query_batch_size` takes the predicted classes in turn, the class with the fewest
+        training labels first; positions become the scores."""
+        classes = self.ctx.workspace.classes()
+        index = {c: i for i, c in enumerate(classes)}
+        counts = np.bincount([index[label] for label in self.ctx.workspace.label_splits().train.values()
+                              if label in index], minlength=len(classes))
+        order = class_balanced_order(np.argsort(np.asarray(scores), kind="stable"),
+                                     np.array([index.get(p.label, 0) for p in preds]),
+                                     batch_size=self.ctx.settings.query_batch_size, labeled_counts=counts)
+        return [float(s) for s in order_to_scores(order)]
 
     def _unlabeled_tasks(self, project: int) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
         """(task id, image) of every task the workspace holds no label for, by task id: the

@@ -25,7 +25,7 @@ from loop.context import LoopContext
 from loop.state import RunRecord
 from loop.workspace import Workspace
 from pipelines.images import InputSpec, decode_image
-from pipelines.labels import labels_by_image, read_shard, shard_paths
+from pipelines.labels import SUSPECTS_FILE, labels_by_image, parse_suspects, read_shard, shard_paths, suspect_states
 from serving.inference import LoadedModel
 
 __all__ = ["GATE_FILE", "ReportFiles", "write_gate_record", "write_report"]
@@ -100,6 +100,7 @@ def write_report(ctx: LoopContext, run: RunRecord) -> ReportFiles:
                 pictures.append(_confusion_png(out / "confusion-serving.png", classes, truth, old,
                                                f"{serving_tag} (serving at the gate)"))
     report["data"] = _data_delta(ws, serving_commit, run.data_commit, classes)
+    report["label_quality"] = _suspects_at(ws, run.data_commit)
     report["params"] = _params_diff(ws, serving_commit, run.data_commit)
     json_path = out / "report.json"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -165,15 +166,33 @@ def _changes(truth: list[str], old: list[str], new: list[str]) -> dict:
     }
 
 
-def _labels_at(ws: Workspace, commit: str | None) -> dict[str, str]:
-    """The labels the workspace held at a commit: the label shards tracked then (shards are
-    immutable once committed, so today's files are that commit's)."""
-    if not commit:
-        return {}
+def _events_at(ws: Workspace, commit: str) -> list:
+    """The label events the workspace held at a commit: the label shards tracked then (shards
+    are immutable once committed, so today's files are that commit's)."""
     listed = ws.git("ls-tree", "--name-only", commit, f"{LABELS_DIR}/").split()
     tracked = {Path(p).name.removesuffix(".dvc") for p in listed if p.endswith(".csv.dvc")}
-    return labels_by_image(e for path in shard_paths(ws.root / LABELS_DIR) if path.name in tracked
-                           for e in read_shard(path))
+    return [e for path in shard_paths(ws.root / LABELS_DIR) if path.name in tracked for e in read_shard(path)]
+
+
+def _labels_at(ws: Workspace, commit: str | None) -> dict[str, str]:
+    return labels_by_image(_events_at(ws, commit)) if commit else {}
+
+
+def _suspects_at(ws: Workspace, commit: str) -> dict:
+    """The suspect labels as the run's data commit decided them: held out of its training
+    (open), and reviewed by then (confirmed, relabeled, unresolved)."""
+    try:
+        listed = ws.git("ls-tree", "--name-only", commit, f"{LABELS_DIR}/").split()
+        if f"{LABELS_DIR}/{SUSPECTS_FILE}" not in listed:
+            return {"suspects": 0, "held_out": [], "by_state": {}}
+        suspects = parse_suspects(ws.git("show", f"{commit}:{LABELS_DIR}/{SUSPECTS_FILE}").splitlines())
+        policy = yaml.safe_load(ws.git("show", f"{commit}:params.yaml"))["data"].get("label_policy", "latest")
+        states = suspect_states(_events_at(ws, commit), suspects, policy)
+    except (WorkspaceError, OSError, KeyError, TypeError) as exc:
+        return {"note": f"suspect labels not readable here: {exc}"}
+    held = [{"image": s.image, "label": s.label, "annotator": s.annotator, "reason": s.reason}
+            for s in suspects if s.hold and states.get(s.image) == "open"]
+    return {"suspects": len(suspects), "held_out": held, "by_state": dict(Counter(states.values()))}
 
 
 def _data_delta(ws: Workspace, before_commit: str | None, commit: str, classes: list[str]) -> dict:
@@ -293,6 +312,20 @@ def _markdown(report: dict, pictures: list[str]) -> str:
                   "| class | added | changed to | changed from | deleted |", "|---|---|---|---|---|"]
         lines += [f"| {c} | {v['added']} | {v['changed_to']} | {v['changed_from']} | {v['deleted']} |"
                   for c, v in data["per_class"].items() if any(v.values())]
+        lines.append("")
+    quality = report.get("label_quality", {})
+    lines += ["## Suspect labels", ""]
+    if "note" in quality:
+        lines += [quality["note"], ""]
+    elif not quality.get("suspects"):
+        lines += ["None at this data commit.", ""]
+    else:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(quality["by_state"].items()))
+        held = quality["held_out"]
+        lines += [f"{quality['suspects']} suspect labels at this data commit ({states}); {len(held)} held out of "
+                  "this run's training" + (":" if held else "."), ""]
+        lines += [f"- `{h['image']}` labeled {h['label']!r}: {h['reason']}" for h in held[:20]]
+        lines += [f"- and {len(held) - 20} more (report.json)"] if len(held) > 20 else []
         lines.append("")
     lines += ["## Params", ""]
     lines += ([f"- `{key}`: {d['before']} → {d['now']}" for key, d in report["params"].items()]

@@ -14,7 +14,11 @@ Every way to ask for training goes through one queue: the label-count policy, a
 `retrain` job starts it (and the training lease keeps it to one at a time).
 
 With `watch_folder` set, a `watch` job adds the folder's new images to the pool (one data
-commit per sync that found any), imports them as tasks and queues them."""
+commit per sync that found any), imports them as tasks and queues them.
+
+With `capture_enabled` (or `drift_retrain`), a `production` job imports the client images
+the service captured (one data commit per run that found any) and, while the service
+reports drift, may queue a training run."""
 
 from __future__ import annotations
 
@@ -105,6 +109,11 @@ def build_scheduler(loop: Loop) -> BackgroundScheduler:
                           "interval", seconds=settings.watch_interval_s, id="watch", name="sync the watched folder",
                           next_run_time=now)
         record("watch", now)
+    if settings.capture_enabled or settings.drift_retrain:
+        every = settings.capture_import_interval_s
+        scheduler.add_job(guarded("production", loop.watch_production, every, lambda t: t + timedelta(seconds=every)),
+                          "interval", seconds=every, id="production", name="import captured images, act on drift")
+        record("production", now + timedelta(seconds=every))
     if cron is not None:
         scheduler.add_job(guarded("cron", lambda: loop.request_training("schedule"), 60.0,
                                   lambda t: cron.get_next_fire_time(None, t)),

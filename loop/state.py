@@ -3,7 +3,10 @@
 Tables: `runs` (training runs), `promotions` (every change of the serving model), `marks`
 (one row of typed scalar state, `LoopMarks`), `tasks` (the Label Studio task of every pool image), `pending_deletions` (annotation ids a
 webhook reported deleted, until a collect handles them), `review_queue` (tasks re-queued
-for one more annotator), `jobs` (scheduler jobs: next run, last error) and `leases`.
+for one more annotator), `jobs` (scheduler jobs: next run, last error), `leases`,
+`pool_predictions` (the serving model's predicted class of every pool image at the last
+re-score) and `prediction_stability` (how much those changed from one model to the next:
+the stopping signal of `loop.quality`).
 A database written by an earlier version (a `kv` table of string keys) is migrated on open.
 """
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["LoopMarks", "RunRecord", "PromotionEvent", "StateStore", "utcnow"]
+__all__ = ["LoopMarks", "RunRecord", "PromotionEvent", "StabilityRecord", "StateStore", "utcnow"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -48,7 +51,9 @@ CREATE TABLE IF NOT EXISTS marks (
     eval_interleaved INTEGER NOT NULL DEFAULT 0,
     queue_view INTEGER,
     rescored_version TEXT,
-    rescored_tasks INTEGER
+    rescored_tasks INTEGER,
+    quality_checked_batch INTEGER,
+    pool_predictions_version TEXT
 );
 INSERT OR IGNORE INTO marks (id) VALUES (1);
 CREATE TABLE IF NOT EXISTS tasks (task_id INTEGER PRIMARY KEY, image TEXT NOT NULL);
@@ -72,6 +77,19 @@ CREATE TABLE IF NOT EXISTS promotions (
     by TEXT NOT NULL,              -- "gate" or the user (user@host)
     reason TEXT NOT NULL DEFAULT '',
     record TEXT NOT NULL           -- the promotion record written (JSON): what a rollback restores
+);
+CREATE TABLE IF NOT EXISTS pool_predictions (
+    image TEXT PRIMARY KEY,
+    label TEXT NOT NULL            -- predicted by marks.pool_predictions_version
+);
+CREATE TABLE IF NOT EXISTS prediction_stability (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    version TEXT NOT NULL,         -- the model re-scoring the pool now
+    previous TEXT NOT NULL,        -- the model that scored it before
+    images INTEGER NOT NULL,       -- pool images both predicted
+    changed INTEGER NOT NULL,      -- of those, predicted differently
+    kappa REAL                     -- Cohen's kappa of the two models' predictions (NULL: undefined)
 );
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
@@ -100,6 +118,8 @@ class LoopMarks:
     queue_view: int | None = None  # the Data Manager tab "labelloop queue"
     rescored_version: str | None = None  # the model the pool was last re-scored with
     rescored_tasks: int | None = None
+    quality_checked_batch: int | None = None  # labels of batches up to this one were checked for suspects
+    pool_predictions_version: str | None = None  # the model whose predictions `pool_predictions` holds
 
 
 _MARKS = tuple(f.name for f in fields(LoopMarks))
@@ -120,6 +140,18 @@ class RunRecord:
     finished_at: str | None
     judged_by: str | None = None  # test | eval | cv (pipelines.prepare)
     n_judged: int | None = None  # labels in the set that judged it
+
+
+@dataclass(frozen=True)
+class StabilityRecord:
+    """How the pool's predicted classes changed between two successive serving models."""
+
+    at: str
+    version: str
+    previous: str
+    images: int
+    changed: int
+    kappa: float | None
 
 
 @dataclass(frozen=True)
@@ -145,7 +177,8 @@ class StateStore:
             db.executescript(SCHEMA)
             _migrate_kv(db)
             _add_missing_columns(db, "runs", {"judged_by": "TEXT", "n_judged": "INTEGER"})
-            _add_missing_columns(db, "marks", {"eval_interleaved": "INTEGER NOT NULL DEFAULT 0"})
+            _add_missing_columns(db, "marks", {"eval_interleaved": "INTEGER NOT NULL DEFAULT 0",
+                                               "quality_checked_batch": "INTEGER", "pool_predictions_version": "TEXT"})
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -219,6 +252,33 @@ class StateStore:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM review_queue")
             db.executemany("INSERT INTO review_queue (task_id, annotators) VALUES (?, ?)", sorted(asked.items()))
+
+    # --- the pool's predictions and their stability (the stopping signal) ----------------------
+    def pool_predictions(self) -> tuple[str | None, dict[str, str]]:
+        """(model version, {image: predicted class}) of the last re-score by a model."""
+        with self._db() as db:
+            version = db.execute("SELECT pool_predictions_version FROM marks WHERE id = 1").fetchone()[0]
+            return version, dict(db.execute("SELECT image, label FROM pool_predictions").fetchall())
+
+    def replace_pool_predictions(self, version: str, predictions: dict[str, str],
+                                 stability: StabilityRecord | None = None) -> None:
+        """The new model's predictions replace the old ones, with how they changed (one transaction)."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM pool_predictions")
+            db.executemany("INSERT INTO pool_predictions (image, label) VALUES (?, ?)", sorted(predictions.items()))
+            db.execute("UPDATE marks SET pool_predictions_version = ? WHERE id = 1", (version,))
+            if stability is not None:
+                db.execute("INSERT INTO prediction_stability (at, version, previous, images, changed, kappa) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", (stability.at, stability.version, stability.previous,
+                                                         stability.images, stability.changed, stability.kappa))
+
+    def stability(self, limit: int = 10) -> list[StabilityRecord]:
+        """The latest model-to-model changes of the pool's predictions, newest first."""
+        with self._db() as db:
+            rows = db.execute(f"SELECT {', '.join(StabilityRecord.__dataclass_fields__)} FROM prediction_stability "
+                              "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [StabilityRecord(*row) for row in rows]
 
     # --- scheduler jobs ---------------------------------------------------------------------
     def set_next_run(self, job: str, when: str | None) -> None:

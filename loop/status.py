@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from loop.context import LoopContext
+from loop.monitoring import production_status
+from loop.quality import label_quality_report
 from loop.state import PromotionEvent, RunRecord
 from loop.training import missing_for_first_model
 from pipelines.labels import held_back, labels_by_image
@@ -58,6 +60,7 @@ def status_report(ctx: LoopContext, *, labels_pending_training: int, training_in
     service = PredictionClient.for_settings(ctx.settings.serving)
     try:
         service_version, fetch_failures = service.serving_version(), service.image_fetch_failures()
+        production = service.production_metrics()
     finally:
         service.close()
     return LoopStatus(
@@ -65,6 +68,7 @@ def status_report(ctx: LoopContext, *, labels_pending_training: int, training_in
         data_commit=head,
         label_batch=ws.cursor().batch,
         labels=len(labels_by_image(events, policy)),
+        pool_images=len(ws.pool_images()),  # the pool index: what annotators label (eval sample included)
         training_labels=len(splits.train),
         evaluation=_evaluation(ws, params, splits),
         missing_for_first_model=missing_for_first_model(params, splits.train) if serving is None else [],
@@ -85,6 +89,8 @@ def status_report(ctx: LoopContext, *, labels_pending_training: int, training_in
         queue_version=marks.queue_version,
         next_jobs=state.next_runs(),
         errors=state.job_errors(),
+        production=asdict(production_status(ctx.settings, ws, production)),
+        label_quality=asdict(label_quality_report(ctx, events, params)),
     )
 
 
@@ -118,3 +124,10 @@ class LoopStatus:
     promotions: list[PromotionEvent] = field(default_factory=list)  # changes of the serving model, newest first
     # No model yet: what the first one still needs ("class 'bird': 0 of 2 labels").
     missing_for_first_model: list[str] = field(default_factory=list)
+    # Production capture and drift (issue 17: loop/monitoring.py fills it; None: not known).
+    production: dict | None = None
+    # Label quality (issue 18: `loop.quality.LabelQuality` as a dict): suspects, agreement,
+    # class balance, the stopping signal. None: not computed yet.
+    label_quality: dict | None = None
+    # Pool and queue progress for the dashboard: images in the pool, labeled, unlabeled.
+    pool_images: int = 0

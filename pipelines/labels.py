@@ -7,6 +7,12 @@ is a ``delete`` event: both change rows, never image files.
 
 Policy when several annotations exist for one image: the most recently updated one
 wins (``labels_by_image``).
+
+Suspect labels (``suspects.csv`` beside the shards, in git): labels the loop found likely
+wrong (`loop.quality`), one row per image, written in the data commit of the collect that
+found them. Whether a suspect is still open is decided from the committed data alone
+(`suspect_states`), so a training run in a clone at a data commit holds out exactly what
+the loop held out then.
 """
 
 from __future__ import annotations
@@ -32,6 +38,15 @@ __all__ = [
     "labels_by_image",
     "held_back",
     "LabelPolicy",
+    "SUSPECTS_FILE",
+    "Suspect",
+    "SuspectState",
+    "annotation_versions",
+    "read_suspects",
+    "parse_suspects",
+    "write_suspects",
+    "suspect_states",
+    "held_suspects",
 ]
 
 SEED_SHARD = "seed.csv"
@@ -150,3 +165,96 @@ def held_back(events: Iterable[LabelEvent], policy: LabelPolicy = "latest") -> l
     events = list(events)
     labeled = labels_by_image(events, policy)
     return sorted({e.image for e in current_annotations(events).values()} - set(labeled))
+
+
+# --- suspect labels ------------------------------------------------------------------------
+SUSPECTS_FILE = "suspects.csv"
+
+#: open: no annotation of the image changed since it was flagged (awaiting review);
+#: confirmed: reviewed, and the image's label under the policy is the suspected one again;
+#: relabeled: reviewed, and the policy now gives another label; unresolved: reviewed, and
+#: the policy gives no label (a majority tie, held back and re-queued as ties are).
+SuspectState = Literal["open", "confirmed", "relabeled", "unresolved"]
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A label found likely wrong, and what the image's annotations were when it was."""
+
+    image: str
+    label: str  # the label suspected wrong
+    annotator: str  # who gave it
+    task_id: int | None
+    annotations: str  # the image's annotation versions when flagged (`annotation_versions`)
+    reason: str
+    hold: bool = True  # held out of training and evaluation while open
+    batch: int = 0  # the label batch whose data commit flagged it
+
+
+_SUSPECT_COLUMNS = [f.name for f in fields(Suspect)]
+
+
+def annotation_versions(events: Iterable[LabelEvent], image: str) -> str:
+    """The image's current annotations as ``key@version`` (space-separated, sorted): any
+    new, updated or deleted annotation changes it, and that is what a review is."""
+    return " ".join(sorted(f"{e.key}@{e.annotation_updated_at}" for e in events if e.image == image))
+
+
+def parse_suspects(lines: Iterable[str]) -> list[Suspect]:
+    """Suspects from the file's lines (`read_suspects`; `git show` of an older commit's)."""
+    return [Suspect(image=row["image"], label=row["label"], annotator=row["annotator"],
+                    task_id=int(row["task_id"]) if row["task_id"] else None,
+                    annotations=row["annotations"], reason=row["reason"], hold=row["hold"] == "true",
+                    batch=int(row["batch"] or 0))
+            for row in csv.DictReader(lines)]
+
+
+def read_suspects(labels_dir: Path) -> list[Suspect]:
+    path = labels_dir / SUSPECTS_FILE
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return parse_suspects(fh)
+
+
+def write_suspects(labels_dir: Path, suspects: Iterable[Suspect]) -> Path:
+    path = labels_dir / SUSPECTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=_SUSPECT_COLUMNS)
+        writer.writeheader()
+        for suspect in sorted(suspects, key=lambda s: s.image):
+            row = asdict(suspect)
+            row["hold"] = "true" if suspect.hold else "false"
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return path
+
+
+def suspect_states(events: Iterable[LabelEvent], suspects: Iterable[Suspect],
+                   policy: LabelPolicy = "latest") -> dict[str, SuspectState]:
+    """Each suspect image's state, from the label events alone (see `SuspectState`)."""
+    events = list(events)
+    suspects = list(suspects)
+    if not suspects:
+        return {}
+    current = list(current_annotations(events).values())
+    labels = labels_by_image(events, policy)
+    by_image: dict[str, list[LabelEvent]] = defaultdict(list)
+    for event in current:
+        by_image[event.image].append(event)
+    states: dict[str, SuspectState] = {}
+    for suspect in suspects:
+        if annotation_versions(by_image.get(suspect.image, []), suspect.image) == suspect.annotations:
+            states[suspect.image] = "open"
+        elif suspect.image not in labels:
+            states[suspect.image] = "unresolved"
+        else:
+            states[suspect.image] = "confirmed" if labels[suspect.image] == suspect.label else "relabeled"
+    return states
+
+
+def held_suspects(events: Iterable[LabelEvent], suspects: Iterable[Suspect], policy: LabelPolicy = "latest") -> set[str]:
+    """Images held out of training (and evaluation) now: open suspects flagged with `hold`."""
+    suspects = list(suspects)
+    states = suspect_states(events, suspects, policy)
+    return {s.image for s in suspects if s.hold and states.get(s.image) == "open"}

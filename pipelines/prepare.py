@@ -7,6 +7,8 @@ Which set judges a run (`judged_by`):
   `eval.min_labels` labels and `eval.min_per_class` per class;
 - ``cv``: before that, k-fold cross-validation on the training labels (`pipelines.evaluate`).
 Evaluation-sample images are never training data, whichever set judges.
+Open suspect labels (`pipelines.labels.held_suspects`, from the committed suspects file) are
+neither training nor evaluation labels until someone reviews them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from kernel.errors import WorkspaceError
 from kernel.layout import IMAGES_DIR, LABELS_DIR, PARAMS_FILE, POOL_DIR, PREPARED, TEST_IMAGES_DIR, TEST_LABELS
 from pipelines.images import decode_image, preprocess
-from pipelines.labels import labels_by_image, read_events
+from pipelines.labels import held_suspects, labels_by_image, read_events, read_suspects
 from pipelines.params import Params, load_params
 from pipelines.pool import read_pool
 
@@ -38,6 +40,7 @@ class LabelSplits:
     test: dict[str, str]  # the user's labeled test set (empty without one)
     judged_by: JudgedBy
     eval_ready: bool = False  # the evaluation set is large enough to judge (`eval_set_ready`)
+    held_suspects: frozenset[str] = frozenset()  # open suspect labels, in neither set until reviewed
 
     @property
     def judge(self) -> dict[str, str]:
@@ -69,14 +72,17 @@ def eval_set_ready(params: Params, evaluation: dict[str, str], sample_size: int 
 
 
 def label_splits(params: Params, root: Path) -> LabelSplits:
-    labels = labels_by_image(read_events(root / LABELS_DIR), params.data.label_policy)
+    events = read_events(root / LABELS_DIR)
+    held = held_suspects(events, read_suspects(root / LABELS_DIR), params.data.label_policy)
+    labels = {k: v for k, v in labels_by_image(events, params.data.label_policy).items() if k not in held}
     eval_images = {p.name for p in read_pool(root / POOL_DIR) if p.split == "eval"}
     evaluation = {k: v for k, v in labels.items() if k in eval_images}
     train = {k: v for k, v in labels.items() if k not in eval_images}
     test = read_test_labels(root / TEST_LABELS)
     ready = bool(eval_images) and eval_set_ready(params, evaluation, len(eval_images))
     judged_by: JudgedBy = "test" if test else "eval" if ready else "cv"
-    return LabelSplits(train=train, evaluation=evaluation, test=test, judged_by=judged_by, eval_ready=ready)
+    return LabelSplits(train=train, evaluation=evaluation, test=test, judged_by=judged_by, eval_ready=ready,
+                       held_suspects=frozenset(held))
 
 
 def _arrays(paths: dict[str, Path], labels: dict[str, str], params: Params) -> tuple[np.ndarray, np.ndarray]:

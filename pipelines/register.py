@@ -12,13 +12,19 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from kernel.layout import METRICS_FILE, MODEL_FILE, PARAMS_FILE, REGISTERED_FILE
+from pipelines.evaluate import DRIFT_REFERENCE_FILE
 from pipelines.params import Params, load_params
 from pipelines.train import TRAIN_LINEAGE
 
-__all__ = ["Registration", "register", "MODEL_FILENAME"]
+__all__ = ["DRIFT_REFERENCE_FILENAME", "Registration", "register", "MODEL_FILENAME"]
 
 MODEL_FILENAME = "model.keras"
+#: Beside the model in its store directory: what the service compares client inputs with
+#: (`pipelines.evaluate.drift_reference`, copied from DRIFT_REFERENCE_FILE).
+DRIFT_REFERENCE_FILENAME = "drift_reference.npz"
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,10 @@ def _data_commit(root: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def register(params: Params, root: Path, model_path: Path, metrics_path: Path, out: Path) -> Registration:
+def register(params: Params, root: Path, model_path: Path, metrics_path: Path, out: Path,
+             reference_path: Path | None = None) -> Registration:
+    """`reference_path`: the model's drift reference the evaluate stage wrote (absent when
+    cross-validation judged the run: no held-out images); it goes into the model's directory."""
     import bentoml
 
     metrics = json.loads(metrics_path.read_text())
@@ -57,12 +66,23 @@ def register(params: Params, root: Path, model_path: Path, metrics_path: Path, o
         "n_labels": n_labels,
         "lineage": lineage,  # model kind, Keras backend, backbone weights and their sha256
     }
+    reference = reference_path if reference_path is not None and reference_path.exists() else None
+    if reference is not None:
+        with np.load(reference) as data:
+            images = int(len(data["predicted"]))
+        reference = reference if images else None  # evaluate writes an empty one when it has none
+    if reference is not None:
+        metadata["drift_reference"] = {"images": images, "judged_by": metrics.get("judged_by")}
+    else:
+        metadata["drift_reference"] = {"images": 0, "why": "no held-out images (judged by cross-validation)"}
     with bentoml.models.create(
         params.registration.model_name,
         labels={"framework": "keras", "project": "labelloop"},
         metadata=metadata,
     ) as model:
         shutil.copyfile(model_path, Path(model.path) / MODEL_FILENAME)
+        if reference is not None:
+            shutil.copyfile(reference, Path(model.path) / DRIFT_REFERENCE_FILENAME)
     registration = Registration(str(model.tag), data_commit, float(metrics["accuracy"]), n_labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(registration.__dict__, indent=2) + "\n")
@@ -70,5 +90,5 @@ def register(params: Params, root: Path, model_path: Path, metrics_path: Path, o
 
 
 if __name__ == "__main__":
-    r = register(load_params(PARAMS_FILE), Path("."), MODEL_FILE, METRICS_FILE, REGISTERED_FILE)
+    r = register(load_params(PARAMS_FILE), Path("."), MODEL_FILE, METRICS_FILE, REGISTERED_FILE, DRIFT_REFERENCE_FILE)
     print(f"register: {r.tag} (data {r.data_commit[:10]}, {r.n_labels} labels, accuracy {r.accuracy:.4f})")

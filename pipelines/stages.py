@@ -25,7 +25,7 @@ DVC_PIPELINE = {
             "cmd": "python -m pipelines.evaluate",
             "deps": ["build/model.keras", "build/prepared.npz"],
             "params": ["model", "train", "eval"],  # cross-validation trains with them
-            "outs": [{str(JUDGED_FILE): {"cache": False}}],
+            "outs": [{str(JUDGED_FILE): {"cache": False}}, {"build/drift_reference.npz": {"cache": False}}],
             "metrics": [{"metrics.json": {"cache": False}}],
             "plots": [
                 {
@@ -40,7 +40,7 @@ DVC_PIPELINE = {
         },
         "register": {
             "cmd": "python -m pipelines.register",
-            "deps": ["build/model.keras", "metrics.json"],
+            "deps": ["build/model.keras", "metrics.json", "build/drift_reference.npz"],
             "params": ["register"],
             "outs": [{"build/registered.json": {"cache": False}}],
         },

@@ -18,6 +18,7 @@ __all__ = [
     "QueryStrategy", "BatchQueryStrategy", "STRATEGY_NAMES", "Margin", "DiverseMargin", "LeastConfidence", "Entropy", "RandomSampling",
     "margin_scores", "least_confidence_scores", "entropy_scores", "get_strategy", "per_image_scores", "STRATEGIES",
     "k_center_greedy", "diverse_margin_order", "cold_start_order", "order_to_scores", "pool_order",
+    "class_balanced_order",
 ]
 
 
@@ -262,6 +263,42 @@ def order_to_scores(order: np.ndarray) -> np.ndarray:
     return scores
 
 
+def class_balanced_order(
+    order: np.ndarray, predicted: np.ndarray, *, batch_size: int, labeled_counts: np.ndarray | None = None,
+) -> np.ndarray:
+    """`order` (indices, most useful first) re-arranged so that every batch of `batch_size`
+    holds the predicted classes in turn: each batch takes the most useful remaining item of
+    each class, the class with the fewest labels (`labeled_counts`, then fewest picked) first,
+    until the batch is full; a class with nothing left is passed over. Uncertainty alone
+    keeps serving the classes the model confuses most, and a rare class can be absent from
+    batch after batch; this keeps it in every one (class-balanced selection, as in
+    Aggarwal et al. 2020, "Active learning for imbalanced datasets"). Returns a full ordering."""
+    order = np.asarray(order, dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    if predicted.ndim != 1 or len(order) != len(predicted) or sorted(order.tolist()) != list(range(len(order))):
+        raise BadInputError("class_balanced_order needs an ordering of every item and one predicted class per item")
+    if batch_size < 1:
+        raise BadInputError(f"batch_size must be at least 1, got {batch_size}")
+    n_classes = int(predicted.max()) + 1 if len(predicted) else 0
+    counts = np.zeros(n_classes, dtype=np.int64)
+    if labeled_counts is not None:
+        given = np.asarray(labeled_counts, dtype=np.int64)[:n_classes]
+        counts[: len(given)] = given
+    queues = [[int(i) for i in order if predicted[i] == c][::-1] for c in range(n_classes)]  # pop() = most useful
+    out: list[int] = []
+    while len(out) < len(order):
+        batch_end = len(out) + batch_size
+        # One turn per class per round, rarest first; rounds repeat until the batch is full.
+        while len(out) < min(batch_end, len(order)):
+            turn = sorted((c for c in range(n_classes) if queues[c]), key=lambda c: (counts[c], c))
+            for c in turn:
+                if len(out) >= batch_end:
+                    break
+                out.append(queues[c].pop())
+                counts[c] += 1
+    return np.array(out, dtype=np.int64)
+
+
 def pool_order(
     strategy: str,
     probabilities: np.ndarray,
@@ -270,13 +307,21 @@ def pool_order(
     labeled_embeddings: np.ndarray | None = None,
     batch_size: int = 10,
     seed: int | None = None,
+    class_balance: bool = False,
+    labeled_counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """The order in which the loop queues the unlabeled pool under `strategy` (indices,
-    most useful first). The loop and the active-learning benchmark both select with this."""
+    most useful first); with `class_balance`, re-arranged by `class_balanced_order` on the
+    predicted classes. The loop and the benchmarks both select with this."""
     chosen = get_strategy(strategy, seed=seed)
     if isinstance(chosen, BatchQueryStrategy):
         if embeddings is None:
             raise BadInputError(f"{strategy} selects in the embedding space: it needs the pool's embeddings")
-        return chosen.order(probabilities, embeddings, labeled_embeddings=labeled_embeddings,
-                            batch_size=batch_size)
-    return np.argsort(chosen.score(probabilities), kind="stable")
+        order = chosen.order(probabilities, embeddings, labeled_embeddings=labeled_embeddings,
+                             batch_size=batch_size)
+    else:
+        order = np.argsort(chosen.score(probabilities), kind="stable")
+    if class_balance:
+        order = class_balanced_order(order, _checked(probabilities).argmax(axis=1), batch_size=batch_size,
+                                     labeled_counts=labeled_counts)
+    return order

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from kernel.layout import MODEL_FILE, PARAMS_FILE, PREPARED
-from pipelines.models import WeightsSource, build_model, resolve_weights, unfreeze_top
+from pipelines.models import EMBEDDING_LAYER, WeightsSource, build_model, resolve_weights, unfreeze_top
 from pipelines.params import Params, load_params
 
-__all__ = ["TRAIN_LINEAGE", "TrainResult", "epochs_for", "fit", "train"]
+__all__ = ["TRAIN_LINEAGE", "TrainResult", "epochs_for", "fit", "train", "with_embeddings"]
 
 #: Written beside the model: what it was built from (the register stage puts it in the metadata).
 TRAIN_LINEAGE = "train.json"
@@ -76,6 +76,18 @@ def train(params: Params, prepared: Path, out: Path) -> TrainResult:
                **({"backbone": params.model.backbone, **weights.lineage} if weights else {})}
     (out.parent / TRAIN_LINEAGE).write_text(json.dumps(lineage, indent=2) + "\n")
     return TrainResult(out, len(y), epochs_for(params, len(y)), loss, time.perf_counter() - started, lineage)
+
+
+def with_embeddings(model):  # keras.Model -> keras.Model
+    """The trained model with its embedding layer as a second output: (probabilities,
+    embeddings) from ONE forward pass (the service, the drift reference at registration). A
+    backbone's pooled features (`pipelines.models.EMBEDDING_LAYER`); models from before it
+    was named: the penultimate layer, as then."""
+    import keras
+
+    names = {layer.name for layer in model.layers}
+    features = model.get_layer(EMBEDDING_LAYER) if EMBEDDING_LAYER in names else model.layers[-2]
+    return keras.Model(inputs=model.inputs, outputs=[model.outputs[0], features.output])
 
 
 def keras_backend() -> str:

@@ -3,23 +3,45 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 
-from serving.protocol import ImagePrediction
+from serving.protocol import DRIFT_TESTS, LOOP_SOURCE, SOURCE_HEADER, ImagePrediction
 
 if TYPE_CHECKING:
     from kernel.settings import ServingSettings
 
-__all__ = ["PredictionClient", "CLIENT_BATCH"]
+__all__ = ["PredictionClient", "CLIENT_BATCH", "ProductionMetrics"]
 
 #: The service's max_batch_size: one request never holds more images than one batch.
 CLIENT_BATCH = 64
 #: The service's counter of Label Studio task images it could not fetch or use (by reason).
 FETCH_FAILURES_METRIC = "labelloop_image_fetch_failures"
+#: The service's production capture counters (by reason) and drift gauges (`serving.telemetry`).
+CAPTURE_COUNTERS = {"captured": "labelloop_captured", "skipped": "labelloop_capture_skipped",
+                    "failed": "labelloop_capture_failures"}
+DRIFT_GAUGES = ("labelloop_drift_p_value", "labelloop_drift_score", "labelloop_drift_detected",
+                "labelloop_drift_window", "labelloop_drift_reference_images")
+
+
+@dataclass(frozen=True)
+class ProductionMetrics:
+    """What the service's `/metrics` says about production since it started: captured client
+    images, those chosen but not kept, capture failures (each by reason), and the serving
+    model's last drift check (absent before its first one)."""
+
+    captured: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    drift_reference_images: int | None = None  # None: no drift gauge yet (monitoring off, or no model)
+    drift_window: int = 0
+    drift_detected: bool = False
+    drift_p_values: dict[str, float] = field(default_factory=dict)
+    drift_scores: dict[str, float] = field(default_factory=dict)
 
 
 class PredictionClient:
@@ -36,7 +58,11 @@ class PredictionClient:
         timeout_s: float = 60.0,
     ):
         self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # The loop's requests are not production traffic: the service neither captures them
+        # nor feeds them to its drift monitor.
+        headers = {SOURCE_HEADER: LOOP_SOURCE}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         self._basic = httpx.BasicAuth(*basic_auth) if basic_auth else None
         self._http = httpx.Client(base_url=self.url, timeout=timeout_s, headers=headers)
 
@@ -62,6 +88,32 @@ class PredictionClient:
         """Task images the service could not fetch or use since it started, by reason
         (`fetch`, `decode`, `outside_root`; read from its `/metrics`, which needs no
         credentials); None when the service is not reachable."""
+        families = self._metrics()
+        return None if families is None else _counts_by_reason(families, FETCH_FAILURES_METRIC)
+
+    def production_metrics(self) -> ProductionMetrics | None:
+        """Capture counts and the last drift check from the service's `/metrics`; None when
+        the service is not reachable."""
+        families = self._metrics()
+        if families is None:
+            return None
+        gauges: dict[str, dict[str, float]] = {name: {} for name in DRIFT_GAUGES}
+        for family in families:
+            if family.name in gauges:
+                for sample in family.samples:
+                    gauges[family.name][sample.labels.get("test", "")] = sample.value
+        reference = gauges["labelloop_drift_reference_images"].get("")
+        return ProductionMetrics(
+            **{kind: _counts_by_reason(families, name) for kind, name in CAPTURE_COUNTERS.items()},
+            drift_reference_images=int(reference) if reference is not None else None,
+            drift_window=int(gauges["labelloop_drift_window"].get("", 0)),
+            drift_detected=bool(gauges["labelloop_drift_detected"].get("", 0)),
+            drift_p_values={t: v for t, v in gauges["labelloop_drift_p_value"].items() if t in DRIFT_TESTS},
+            drift_scores={t: v for t, v in gauges["labelloop_drift_score"].items() if t in DRIFT_TESTS},
+        )
+
+    def _metrics(self) -> list | None:
+        """The service's `/metrics` (needs no credentials), parsed; None when not reachable."""
         from prometheus_client.parser import text_string_to_metric_families
 
         try:
@@ -70,15 +122,7 @@ class PredictionClient:
             return None
         if response.status_code != 200:
             return None
-        counts: dict[str, int] = {}
-        for family in text_string_to_metric_families(response.text):
-            if family.name != FETCH_FAILURES_METRIC:
-                continue
-            for sample in family.samples:
-                if sample.name == f"{FETCH_FAILURES_METRIC}_total" and sample.value:
-                    reason = sample.labels.get("reason", "")
-                    counts[reason] = counts.get(reason, 0) + int(sample.value)
-        return counts
+        return list(text_string_to_metric_families(response.text))
 
     def serving_version(self) -> str | None:
         health = self.health()
@@ -110,3 +154,16 @@ class PredictionClient:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _counts_by_reason(families: list, name: str) -> dict[str, int]:
+    """A counter's non-zero totals by its `reason` label (summed over other labels)."""
+    counts: dict[str, int] = {}
+    for family in families:
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{name}_total" and sample.value:
+                reason = sample.labels.get("reason", "")
+                counts[reason] = counts.get(reason, 0) + int(sample.value)
+    return counts

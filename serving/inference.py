@@ -18,10 +18,12 @@ from PIL import Image
 
 from kernel.errors import NoModelError
 from pipelines.images import InputSpec, preprocess
-from pipelines.models import EMBEDDING_LAYER
 from pipelines.register import MODEL_FILENAME  # the file the register stage stores
 from pipelines.strategies import QueryStrategy
+from pipelines.train import with_embeddings
+from serving.drift import DriftConfig, DriftDetector, DriftReference
 from serving.promotion import PromotionRecord, read_promotion
+from serving.protocol import DriftStatus
 
 __all__ = ["LoadedModel", "ModelSlot", "NO_MODEL", "Scored", "load_model"]
 
@@ -52,6 +54,8 @@ class LoadedModel:
     keras_model: object
     metadata: dict = field(default_factory=dict)
     spec: InputSpec | None = None  # None: a grey, squashed image_size model
+    drift_reference: DriftReference | None = field(default=None, repr=False)  # None: registered before references
+    drift: DriftDetector | None = field(default=None, repr=False)  # this version's window of client images
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     _with_embeddings: object = field(default=None, repr=False)
@@ -64,15 +68,7 @@ class LoadedModel:
         batch = preprocess(images, self.spec or self.image_size)
         with self._lock:  # one forward pass at a time per model; Keras models aren't re-entrant
             if self._with_embeddings is None:
-                import keras
-
-                model = self.keras_model
-                # A backbone's pooled features (`pipelines.models.EMBEDDING_LAYER`); models
-                # from before it was named: the penultimate layer, as then.
-                names = {layer.name for layer in model.layers}
-                features = model.get_layer(EMBEDDING_LAYER) if EMBEDDING_LAYER in names else model.layers[-2]
-                self._with_embeddings = keras.Model(inputs=model.inputs,
-                                                    outputs=[model.outputs[0], features.output])
+                self._with_embeddings = with_embeddings(self.keras_model)
             # predict_on_batch runs the compiled predict function: ~5 ms here for 1 to 64
             # images, where an eager call costs 11-20 ms (measured, bench/serving.py).
             probs, embeddings = self._with_embeddings.predict_on_batch(batch)
@@ -93,6 +89,7 @@ def load_model(tag: str) -> LoadedModel:
         keras_model=keras_model,
         metadata=meta,
         spec=InputSpec.from_metadata(meta),
+        drift_reference=DriftReference.load(Path(stored.path)),
     )
 
 
@@ -104,8 +101,14 @@ class ModelSlot:
         poll_interval_s: float = 1.0,
         *,
         fetch_model: Callable[[str], None] | None = None,
+        drift: DriftConfig | None = None,
+        on_drift_due: Callable[[], None] | None = None,
     ):
         self._promotion_file = promotion_file
+        # Drift monitoring (None: off): each loaded model gets a detector; `on_drift_due`
+        # wakes the thread that runs its checks.
+        self._drift = drift
+        self._on_drift_due = on_drift_due
         # On Kubernetes the promoted model lives in shared storage: import it first.
         self._fetch_model = fetch_model
         self._strategy = strategy
@@ -139,6 +142,8 @@ class ModelSlot:
             if self._fetch_model is not None:
                 self._fetch_model(record.tag)
             new_model = load_model(record.tag)  # loaded beside the old one
+            if self._drift is not None and new_model.drift_reference is not None and len(new_model.drift_reference) > 1:
+                new_model.drift = DriftDetector(new_model.drift_reference, len(new_model.classes), self._drift)
             old = self._current
             self._current, self._record = new_model, record  # the swap: one assignment
             log.info("serving model %s (was %s)", new_model.tag, old.tag if old else "none")
@@ -158,8 +163,20 @@ class ModelSlot:
     def stop(self) -> None:
         self._stop.set()
 
-    def score(self, images: Sequence[Image.Image]) -> Scored:
+    def score(self, images: Sequence[Image.Image], *, observe: bool = False) -> Scored:
+        """`observe`: client images: their outputs join the model's drift window."""
         model = self.require()
         probs, embeddings = model.predict(images)
         scores = self._strategy.score(probs) if len(probs) else np.zeros(0)
+        if observe and model.drift is not None and model.drift.observe(probs, embeddings) and self._on_drift_due:
+            self._on_drift_due()
         return Scored(model.tag, model.classes, probs, scores, embeddings)
+
+    def drift_status(self) -> DriftStatus | None:
+        """The serving model's last drift check; None when monitoring is off or it has no reference."""
+        model = self._current
+        return model.drift.status if model is not None and model.drift is not None else None
+
+    def drift_detector(self) -> DriftDetector | None:
+        model = self._current
+        return model.drift if model is not None else None

@@ -87,8 +87,8 @@ class ModelWorkerClient:
                 return await getattr(self._client(), method)(**kwargs)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def classify(self, method: str, images: list[bytes]) -> list[ImagePrediction]:
-        out = await self.call(method, images=images)
+    async def classify(self, method: str, images: list[bytes], **kwargs: Any) -> list[ImagePrediction]:
+        out = await self.call(method, images=images, **kwargs)
         predictions = [ImagePrediction.model_validate(o) if isinstance(o, dict) else o for o in out]
         if predictions and self._info is not None and predictions[-1].model_version != self._info.version:
             self.expire()  # a promotion happened: the next info() asks the worker again

@@ -22,8 +22,16 @@ class UnprocessableError(BadInputError):
 __all__ = [
     "SetupRequest", "SetupResponse", "LSTask", "PredictRequest", "ChoiceResult",
     "TaskResult", "PredictResponse", "WebhookAccepted", "ImagePrediction", "ModelInfo",
-    "UnprocessableError",
+    "UnprocessableError", "DriftStatus", "DRIFT_TESTS", "SOURCE_HEADER", "LOOP_SOURCE",
 ]
+
+#: The loop's own requests to the client API (pool re-scoring, the gate) say so in this
+#: header: they are neither captured nor counted as production traffic for drift.
+SOURCE_HEADER = "X-Labelloop-Source"
+LOOP_SOURCE = "loop"
+
+#: The drift monitor's three comparisons (`serving.drift`), in the order they are reported.
+DRIFT_TESTS = ("classes", "confidence", "embedding")
 
 
 class _Lenient(BaseModel):
@@ -95,9 +103,23 @@ class ImagePrediction(BaseModel):
     )
 
 
+class DriftStatus(BaseModel):
+    """The serving model's last drift check over recent client images (`serving.drift`)."""
+
+    reference_images: int = Field(description="Images the model's reference holds (0: none, not judged)")
+    window: int = Field(description="Client images in the window the last check compared")
+    min_samples: int = Field(description="No verdict before the window holds this many")
+    images_seen: int = 0
+    detected: bool = False
+    p_values: dict[str, float] = Field(default_factory=dict, description="classes, confidence, embedding")
+    scores: dict[str, float] = Field(default_factory=dict, description="Cramér's V, KS D, largest KS D")
+    checked_at: float | None = None
+
+
 class ModelInfo(BaseModel):
     """What the model worker says about the model it serves."""
 
     version: str
     classes: list[str]
     metadata: dict
+    drift: DriftStatus | None = None  # None: drift monitoring off, or the model has no reference

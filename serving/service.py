@@ -17,6 +17,12 @@ Two BentoML services, one deployment (`bentoml serve serving.service:Labelloop`)
 - `Classifier` (the one inference core, `serving_workers` processes): holds the promoted
   model, hot-swaps it, and runs the forward passes: adaptively batched for the client API,
   one pass per Label Studio `/predict`.
+
+Production (README "Production capture and drift"): the front hands client images worth
+labeling to a background writer (`serving.capture`, off by default); the model worker keeps
+client images' outputs in the serving model's drift window and tests it in a background
+thread (`serving.drift`). The loop's own requests (header `X-Labelloop-Source: loop`) and
+Label Studio's `/predict` are neither.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from pipelines.artifacts import ArtifactStore
 from pipelines.images import decode_image
 from pipelines.strategies import get_strategy, per_image_scores
 from serving import errors
+from serving.capture import CaptureConfig, CaptureStore, CaptureWriter
+from serving.drift import DriftConfig, DriftWatch
 from serving.events import spool_event
 from serving.fetch import ImageFetcher, OutsideRootError, decode_base64, none_usable, storage_resolve_path
 from serving.guard import Guard, GuardConfig
@@ -44,6 +52,8 @@ from serving.inference import NO_MODEL, ModelSlot
 from serving.labeling_config import ChoiceTarget, check_classes, parse_label_config
 from serving.model_worker import ModelWorkerClient
 from serving.protocol import (
+    LOOP_SOURCE,
+    SOURCE_HEADER,
     ChoiceResult,
     ImagePrediction,
     ModelInfo,
@@ -55,7 +65,7 @@ from serving.protocol import (
     UnprocessableError,
     WebhookAccepted,
 )
-from serving.telemetry import Telemetry
+from serving.telemetry import Telemetry, capture_counted, publish_drift
 
 log = logging.getLogger("labelloop.serving")
 
@@ -83,9 +93,15 @@ class Classifier:
     def __init__(self) -> None:
         self.strategy = get_strategy(SETTINGS.query_strategy)
         fetch = ArtifactStore(SETTINGS.artifacts_url).ensure_local_model if SETTINGS.artifacts_url else None
+        drift = DriftConfig.from_settings(SETTINGS)
+        self.drift_watch: DriftWatch | None = None
         self.models = ModelSlot(
-            SETTINGS.promotion_file, self.strategy, SETTINGS.model_poll_interval_s, fetch_model=fetch
+            SETTINGS.promotion_file, self.strategy, SETTINGS.model_poll_interval_s, fetch_model=fetch,
+            drift=drift, on_drift_due=self._drift_due,
         )
+        if drift is not None:
+            # Client images' drift checks run here, off the request's thread.
+            self.drift_watch = DriftWatch(self.models.drift_detector, publish_drift)
         try:
             self.models.refresh()
         except Exception:
@@ -95,10 +111,16 @@ class Classifier:
     def __is_ready__(self) -> bool:
         return self.models.current is not None
 
-    def _predict(self, images: list[bytes], *, with_embeddings: bool = False) -> list[ImagePrediction]:
+    def _drift_due(self) -> None:
+        if self.drift_watch is not None:
+            self.drift_watch.due()
+
+    def _predict(self, images: list[bytes], *, with_embeddings: bool = False,
+                 observe: bool = False) -> list[ImagePrediction]:
+        """`observe`: client images (not the loop's, not Label Studio's): they join the drift window."""
         # NoModelError is the front's 503; a BadInputError here (the front validated these) a bug's 400.
         with errors.bentoml_errors():
-            scored = self.models.score([decode_image(i) for i in images])
+            scored = self.models.score([decode_image(i) for i in images], observe=observe)
         probs = scored.probabilities
         all_scores = per_image_scores(probs)
         return [
@@ -122,26 +144,29 @@ class Classifier:
         max_latency_ms=SETTINGS.max_latency_ms,
     )
     def classify_images(self, images: list[bytes]) -> list[ImagePrediction]:
-        """Client images, merged across requests into adaptive batches."""
-        return self._predict(images)
+        """Client images, merged across requests into adaptive batches (drift-monitored)."""
+        return self._predict(images, observe=True)
 
     @bentoml.api
     def classify_all(self, images: list[bytes]) -> list[ImagePrediction]:
-        """All images of one Label Studio `/predict` in one forward pass."""
+        """All images of one Label Studio `/predict` (or one request of the loop's own
+        re-scoring) in one forward pass; not client traffic, so not drift-monitored."""
         return self._predict(images)
 
     @bentoml.api
-    def classify_with_embeddings(self, images: list[bytes]) -> list[ImagePrediction]:
+    def classify_with_embeddings(self, images: list[bytes], observe: bool = False) -> list[ImagePrediction]:
         """Predictions plus penultimate-layer embeddings, one forward pass per call (the
-        loop's pool re-scoring for batch-mode strategies; not latency-bound)."""
-        return self._predict(images, with_embeddings=True)
+        loop's pool re-scoring for batch-mode strategies; not latency-bound). `observe`: a
+        client's images (drift-monitored)."""
+        return self._predict(images, with_embeddings=True, observe=observe)
 
     @bentoml.api
     def model_info(self) -> ModelInfo | None:
         model = self.models.current
         if model is None:
             return None
-        return ModelInfo(version=model.tag, classes=model.classes, metadata=model.metadata)
+        return ModelInfo(version=model.tag, classes=model.classes, metadata=model.metadata,
+                         drift=self.models.drift_status())
 
 
 # --- the front door -----------------------------------------------------------------------
@@ -173,6 +198,11 @@ def _validate_images(raw: list[bytes]) -> None:
 
 
 _PREDICTIONS = TypeAdapter(list[ImagePrediction])
+
+
+def _from_loop(ctx: bentoml.Context | None) -> bool:
+    """The request is the loop's own (`serving.client` sets the header), not production's."""
+    return ctx is not None and ctx.request.headers.get(SOURCE_HEADER) == LOOP_SOURCE
 
 
 def _json_response(predictions: list[ImagePrediction]) -> Response:
@@ -211,6 +241,10 @@ class Labelloop:
         # the model's identity cached for a poll interval.
         self.worker = ModelWorkerClient(lambda: self.classifier.to_async,
                                         info_ttl_s=SETTINGS.model_poll_interval_s)
+        capture = CaptureConfig.from_settings(SETTINGS)
+        # Client images worth labeling go to a background writer (off by default).
+        self.capture = (CaptureWriter(CaptureStore(SETTINGS.capture_dir), capture, count=capture_counted)
+                        if capture is not None else None)
 
     async def __is_ready__(self) -> bool:
         try:
@@ -219,43 +253,64 @@ class Labelloop:
             return False
 
     async def _classify(
-        self, route: str, raw: list[bytes], refs: list[str], *, with_embeddings: bool = False
+        self, route: str, raw: list[bytes], refs: list[str], *, with_embeddings: bool = False,
+        from_loop: bool = False,
     ) -> list[ImagePrediction]:
+        """`from_loop`: the loop's own re-scoring of the pool (`serving.client` says so in a
+        header): neither captured nor drift-monitored, since it is not production traffic."""
         if not raw:
             raise BadInputError("no image in the request")
         await anyio.to_thread.run_sync(_validate_images, raw)
         size = SETTINGS.max_batch_size
         # One request never exceeds one batch: larger ones go as several concurrent calls.
-        method = "classify_with_embeddings" if with_embeddings else "classify_images"
+        if with_embeddings:
+            method, extra = "classify_with_embeddings", {"observe": not from_loop}
+        else:
+            method, extra = ("classify_all" if from_loop else "classify_images"), {}
         parts = await asyncio.gather(
-            *(self.worker.classify(method, raw[i : i + size]) for i in range(0, len(raw), size))
+            *(self.worker.classify(method, raw[i : i + size], **extra) for i in range(0, len(raw), size))
         )
         predictions = [p for part in parts for p in part]
         self.telemetry.predictions(route, predictions, refs)
+        if self.capture is not None and not from_loop:
+            confidences = [max(p.probabilities.values(), default=0.0) for p in predictions]
+            self.capture.offer(raw, confidences, drifting=await self._drifting())
         return predictions
+
+    async def _drifting(self) -> bool:
+        """The model worker's last drift verdict (known within a poll interval; never waits on
+        the worker once its identity is known)."""
+        try:
+            info = await self.worker.info()
+        except Exception:  # noqa: BLE001 - capture only samples less while the worker cannot say
+            return False
+        return bool(info is not None and info.drift is not None and info.drift.detected)
 
     # --- client API ------------------------------------------------------------------
     @bentoml.api(route="/classify")
-    async def classify(self, images: ImageList, with_embeddings: bool = False) -> list[ImagePrediction]:
+    async def classify(self, images: ImageList, with_embeddings: bool = False,
+                       ctx: bentoml.Context = None) -> list[ImagePrediction]:
         """Label, class probabilities, query-strategy scores and model version per image
         (multipart upload; one or more files in the `images` field). `with_embeddings`:
         also the model's penultimate-layer activations (batch-mode query strategies)."""
         with errors.bentoml_errors():
             raw = [Path(p).read_bytes() for p in images]
             return _json_response(await self._classify("classify", raw, [Path(p).name for p in images],
-                                                       with_embeddings=with_embeddings))
+                                                       with_embeddings=with_embeddings, from_loop=_from_loop(ctx)))
 
     @bentoml.api(route="/classify_base64")
-    async def classify_base64(self, images: Base64List) -> list[ImagePrediction]:
+    async def classify_base64(self, images: Base64List, ctx: bentoml.Context = None) -> list[ImagePrediction]:
         """The same, for JSON clients: images as base64 strings or `data:` URIs."""
         with errors.bentoml_errors():
             raw = [decode_base64(text) for text in images]
-            return _json_response(await self._classify("classify_base64", raw, [f"#{i}" for i in range(len(raw))]))
+            return _json_response(await self._classify("classify_base64", raw, [f"#{i}" for i in range(len(raw))],
+                                                       from_loop=_from_loop(ctx)))
 
     @backend.post("/classify_raw", response_model=list[ImagePrediction])
     async def classify_raw(self, request: Request) -> list[ImagePrediction]:
         """One image as the raw request body (`Content-Type: image/png`, `image/jpeg`, ...)."""
-        return await self._classify("classify_raw", [await request.body()], ["raw"])
+        return await self._classify("classify_raw", [await request.body()], ["raw"],
+                                    from_loop=request.headers.get(SOURCE_HEADER) == LOOP_SOURCE)
 
     # --- Label Studio ML backend -------------------------------------------------------
     @backend.get("/health")

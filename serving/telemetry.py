@@ -17,9 +17,9 @@ from pathlib import Path
 
 import bentoml
 
-from serving.protocol import ImagePrediction
+from serving.protocol import DRIFT_TESTS, DriftStatus, ImagePrediction
 
-__all__ = ["Telemetry"]
+__all__ = ["Telemetry", "capture_counted", "publish_drift"]
 
 _CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -45,6 +45,70 @@ MODEL_INFO = bentoml.metrics.Gauge(
     labelnames=["model_version"],
     multiprocess_mode="livemax",
 )
+
+
+# --- production capture (serving/capture.py) ---------------------------------------------
+CAPTURED = bentoml.metrics.Counter(
+    name="labelloop_captured",
+    documentation="Client images kept for labeling, by why: low_confidence, sample, drift_sample",
+    labelnames=["reason"],
+)
+CAPTURE_SKIPPED = bentoml.metrics.Counter(
+    name="labelloop_capture_skipped",
+    documentation="Client images chosen but not kept: duplicate, hour_cap, day_cap, total_cap, format",
+    labelnames=["reason"],
+)
+CAPTURE_FAILURES = bentoml.metrics.Counter(
+    name="labelloop_capture_failures",
+    documentation="Client images that could not be kept: queue_full, no_space, unwritable (the request was answered)",
+    labelnames=["reason"],
+)
+_CAPTURE_COUNTERS = {"captured": CAPTURED, "skipped": CAPTURE_SKIPPED, "failed": CAPTURE_FAILURES}
+
+# --- drift (serving/drift.py; set by the model workers) ----------------------------------
+DRIFT_P_VALUE = bentoml.metrics.Gauge(
+    name="labelloop_drift_p_value",
+    documentation="Last drift check of recent client images against the model's reference: p-value per test "
+    "(embedding: Bonferroni-corrected over its PCA components); the lowest over model workers",
+    labelnames=["test"],
+    multiprocess_mode="livemin",
+)
+DRIFT_SCORE = bentoml.metrics.Gauge(
+    name="labelloop_drift_score",
+    documentation="Last drift check: classes Cramér's V, confidence KS D, embedding largest KS D (0: alike, 1: apart)",
+    labelnames=["test"],
+    multiprocess_mode="livemax",
+)
+DRIFT_DETECTED = bentoml.metrics.Gauge(
+    name="labelloop_drift_detected",
+    documentation="1 while the last drift check found the client images drifted",
+    multiprocess_mode="livemax",
+)
+DRIFT_WINDOW = bentoml.metrics.Gauge(
+    name="labelloop_drift_window",
+    documentation="Client images the last drift check compared",
+    multiprocess_mode="livemax",
+)
+DRIFT_REFERENCE = bentoml.metrics.Gauge(
+    name="labelloop_drift_reference_images",
+    documentation="Images in the serving model's drift reference (0: none, drift not judged)",
+    multiprocess_mode="livemax",
+)
+
+
+def capture_counted(kind: str, reason: str) -> None:
+    """`kind`: captured, skipped or failed."""
+    _CAPTURE_COUNTERS[kind].labels(reason=reason).inc()
+
+
+def publish_drift(status: DriftStatus | None) -> None:
+    """The model worker's last drift check on the gauges (None: the model has no reference)."""
+    DRIFT_REFERENCE.set(status.reference_images if status else 0)
+    DRIFT_WINDOW.set(status.window if status else 0)
+    DRIFT_DETECTED.set(1 if status and status.detected else 0)
+    for test in DRIFT_TESTS:
+        DRIFT_P_VALUE.labels(test=test).set(status.p_values.get(test, 1.0) if status else 1.0)
+        DRIFT_SCORE.labels(test=test).set(status.scores.get(test, 0.0) if status else 0.0)
 
 
 class Telemetry:

@@ -30,6 +30,7 @@ def make_settings(home: Path, workspace: Path, **overrides) -> Settings:
         "workspace": workspace,
         "label_studio_venv": LS_VENV,
         "service_port": free_port(),
+        "dashboard_port": free_port(),
         "collect_overlap_s": 300.0,
     }
     values.update(overrides)
