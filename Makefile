@@ -55,9 +55,9 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  echo "installing chromium (the dashboard test renders the page in it) ..."; \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update && apt-get install -y --no-install-recommends chromium; \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
 	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-	    sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium; \
+	    sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
 	  else \
 	    echo "chromium is missing and cannot be installed from here (not root, no password-less sudo):" \
 	         "run 'apt-get install chromium' as root, then make test again" >&2; exit 1; \

@@ -225,7 +225,7 @@ def noise_arms(data: Data, seeds: int, budget: int, noise: float, kind: str, log
         "accuracy": {arm: _mean(v) for arm, v in acc.items()},
         "accuracy_std": {arm: round(float(np.std(v)), 4) for arm, v in acc.items()},
         "noisy_points_below_clean": round(float(np.mean(acc["clean"]) - np.mean(acc["noisy"])) * 100, 2),
-        "errors_total": errors, "suspects_total": flagged, "caught_total": caught,
+        "injected_wrong_labels": errors, "suspects_total": flagged, "caught_total": caught,
         "reviews_done": sum(r["reviews"] for r in review), "reviewer_errors": sum(r["reviewer_errors"] for r in review),
         "suspects_unreviewed_at_end": sum(r["held_at_end"] for r in review),
         "labels_bought_with_review": _mean([r["labels"] for r in review]),
@@ -280,7 +280,7 @@ def main() -> None:
         "reviews_per_caught_error": headline["reviews_per_caught_error"],
         "accuracy_points_below_clean": headline["accuracy_points_below_clean"],
         "rare_class_recall": {"with_balance": rare["with_balance"], "without_balance": rare["without_balance"]},
-        "errors_total": headline["errors_total"],
+        "injected_wrong_labels": headline["injected_wrong_labels"],
         "goals": {
             "caught_share >= 0.80": bool(headline["caught_share"] is not None
                                         and headline["caught_share"] >= GOALS["caught_share"]),

@@ -25,6 +25,8 @@ from kernel.errors import ConfigError
 
 __all__ = [
     "CONFIG_FILE_ENV",
+    "CaptureSettings",
+    "DriftSettings",
     "KubernetesSettings",
     "LabelStudioSettings",
     "ServingSettings",
@@ -51,6 +53,29 @@ class LabelStudioSettings(_Section):
         return self.token.get_secret_value() if self.token is not None else None
 
 
+class CaptureSettings(_Section):
+    """Which client images the service keeps for labeling (`LABELLOOP_CAPTURE_*`)."""
+
+    min_confidence: float = 0.0
+    max_confidence: float = 0.5
+    sample_rate: float = 0.01
+    drift_sample_rate: float = 0.2
+    max_per_hour: int = 100
+    max_per_day: int = 1000
+    max_pending: int = 5000
+    queue_size: int = 256
+
+
+class DriftSettings(_Section):
+    """How the service compares recent client images with the model's reference (`LABELLOOP_DRIFT_*`)."""
+
+    window: int = 300
+    min_samples: int = 100  # at most `window`
+    check_every: int = 50
+    p_value: float = 0.01
+    components: int = 8
+
+
 class ServingSettings(_Section):
     """Everything the service (and a client of it) needs; nothing of the loop."""
 
@@ -74,23 +99,10 @@ class ServingSettings(_Section):
     model_poll_interval_s: float = 1.0
     query_strategy: str = "margin"
     label_studio: LabelStudioSettings
-    # Production capture and drift (serving/capture.py, serving/drift.py).
-    capture_enabled: bool = False
+    # Production capture and drift (serving/capture.py, serving/drift.py); None: off.
+    capture: CaptureSettings | None = None
     capture_dir: Path | str = ""
-    capture_min_confidence: float = 0.0
-    capture_max_confidence: float = 0.5
-    capture_sample_rate: float = 0.01
-    capture_drift_sample_rate: float = 0.2
-    capture_max_per_hour: int = 100
-    capture_max_per_day: int = 1000
-    capture_max_pending: int = 5000
-    capture_queue_size: int = 256
-    drift_enabled: bool = True
-    drift_window: int = 300
-    drift_min_samples: int = 100
-    drift_check_every: int = 50
-    drift_p_value: float = 0.01
-    drift_components: int = 8
+    drift: DriftSettings | None = None
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -493,14 +505,17 @@ class Settings(BaseSettings):
             events_dir=self.events_dir, artifacts_url=self.artifacts_url,
             model_poll_interval_s=self.model_poll_interval_s, query_strategy=self.query_strategy,
             label_studio=self.label_studio,
-            capture_enabled=self.capture_enabled, capture_dir=self.capture_dir,
-            capture_min_confidence=self.capture_min_confidence, capture_max_confidence=self.capture_max_confidence,
-            capture_sample_rate=self.capture_sample_rate, capture_drift_sample_rate=self.capture_drift_sample_rate,
-            capture_max_per_hour=self.capture_max_per_hour, capture_max_per_day=self.capture_max_per_day,
-            capture_max_pending=self.capture_max_pending, capture_queue_size=self.capture_queue_size,
-            drift_enabled=self.drift_enabled, drift_window=self.drift_window,
-            drift_min_samples=self.drift_min_samples, drift_check_every=self.drift_check_every,
-            drift_p_value=self.drift_p_value, drift_components=self.drift_components,
+            capture=CaptureSettings(
+                min_confidence=self.capture_min_confidence, max_confidence=self.capture_max_confidence,
+                sample_rate=self.capture_sample_rate, drift_sample_rate=self.capture_drift_sample_rate,
+                max_per_hour=self.capture_max_per_hour, max_per_day=self.capture_max_per_day,
+                max_pending=self.capture_max_pending, queue_size=self.capture_queue_size,
+            ) if self.capture_enabled else None,
+            capture_dir=self.capture_dir,
+            drift=DriftSettings(
+                window=self.drift_window, min_samples=min(self.drift_min_samples, self.drift_window),
+                check_every=self.drift_check_every, p_value=self.drift_p_value, components=self.drift_components,
+            ) if self.drift_enabled else None,
         )
 
     @property

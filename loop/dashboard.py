@@ -29,7 +29,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,9 +38,12 @@ from typing import TYPE_CHECKING
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from rich.text import Text
 
 from kernel.errors import ConfigError, LabelloopError
 from kernel.settings import Settings
+from loop.monitoring import production_lines
+from loop.quality import quality_lines
 from loop.state import PromotionEvent
 from loop.status import LoopStatus
 from serving import PredictionClient, PromotionRecord
@@ -264,6 +267,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1f2933; max-w
 h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #d9e2ec; padding-bottom: 0.2rem; margin-top: 1.6rem; }
 table { border-collapse: collapse; margin: 0.4rem 0; } td, th { border: 1px solid #d9e2ec; padding: 0.25rem 0.6rem; text-align: left; }
 th { background: #f0f4f8; } .muted { color: #627d98; } .ok { color: #2e7d32; } .bad { color: #c62828; }
+.summary { margin: .25rem 0; }
 .problems li { color: #c62828; margin: 0.2rem 0; } .grid { display: flex; flex-wrap: wrap; gap: 2rem; } .grid > div { max-width: 36rem; }
 img { max-width: 100%; border: 1px solid #d9e2ec; } code { background: #f0f4f8; padding: 0 0.2rem; }
 </style></head>
@@ -345,10 +349,12 @@ img { max-width: 100%; border: 1px solid #d9e2ec; } code { background: #f0f4f8; 
 {% else %}<p class="muted" id="runs">No training runs yet.</p>{% endif %}
 
 <h2>Capture and drift</h2>
+{% for line in production_lines %}<p class="summary">{{ line }}</p>{% endfor %}
 {% if production_rows %}<table id="production">{% for k, val in production_rows %}<tr><th>{{ k }}</th><td>{{ val }}</td></tr>{% endfor %}</table>
 {% else %}<p class="muted" id="production">Not enabled: production inputs are not captured and drift is not measured.</p>{% endif %}
 
 <h2>Label quality</h2>
+{% for line in quality_lines %}<p class="summary">{{ line }}</p>{% endfor %}
 {% if quality_rows %}<table id="label-quality">{% for k, val in quality_rows %}<tr><th>{{ k }}</th><td>{{ val }}</td></tr>{% endfor %}</table>
 {% else %}<p class="muted" id="label-quality">Not computed yet.</p>{% endif %}
 {% endif %}
@@ -388,7 +394,20 @@ def render_page(view: DashboardView, *, snapshot: bool = False, runs_href: str =
         report_href=report_href, link_run=link_run,
         production_rows=flatten(st.production) if st is not None and st.production is not None else [],
         quality_rows=flatten(st.label_quality) if st is not None and st.label_quality is not None else [],
+        # The sentences `labelloop status` prints, above the tables of every number.
+        production_lines=_sentences(production_lines, st.production if st is not None else None),
+        quality_lines=_sentences(quality_lines, st.label_quality if st is not None else None),
     )
+
+
+def _sentences(lines: Callable[[dict | None], list[str]], section: dict | None) -> list[str]:
+    """A section's `labelloop status` lines as plain text (rich markup removed). A section of
+    another shape (an older home) gets none: its table below still shows every value."""
+    try:
+        return [Text.from_markup(line).plain.strip() for line in lines(section)]
+    except (KeyError, TypeError, ValueError):
+        log.warning("dashboard: the status section does not have the expected shape", exc_info=True)
+        return []
 
 
 def write_snapshot(loop: Loop, path: Path | None = None) -> Path:

@@ -31,12 +31,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from kernel.settings import CaptureSettings
 from kernel.storage import storage_fs
 
-__all__ = ["CaptureConfig", "CaptureStore", "CaptureWriter", "choose", "failure_reason"]
+__all__ = ["CaptureStore", "CaptureWriter", "choose", "failure_reason"]
 
 log = logging.getLogger("labelloop.serving")
 
@@ -51,28 +51,7 @@ REMEMBERED = 50_000
 LOG_EVERY_S = 60.0
 
 
-@dataclass(frozen=True)
-class CaptureConfig:
-    min_confidence: float = 0.0
-    max_confidence: float = 0.5
-    sample_rate: float = 0.01
-    drift_sample_rate: float = 0.2
-    max_per_hour: int = 100
-    max_per_day: int = 1000
-    max_pending: int = 5000
-    queue_size: int = 256
-
-    @classmethod
-    def from_settings(cls, serving) -> "CaptureConfig | None":  # kernel.settings.ServingSettings
-        if not serving.capture_enabled:
-            return None
-        return cls(min_confidence=serving.capture_min_confidence, max_confidence=serving.capture_max_confidence,
-                   sample_rate=serving.capture_sample_rate, drift_sample_rate=serving.capture_drift_sample_rate,
-                   max_per_hour=serving.capture_max_per_hour, max_per_day=serving.capture_max_per_day,
-                   max_pending=serving.capture_max_pending, queue_size=serving.capture_queue_size)
-
-
-def choose(confidence: float, config: CaptureConfig, *, drifting: bool, draw: Callable[[], float]) -> str | None:
+def choose(confidence: float, config: CaptureSettings, *, drifting: bool, draw: Callable[[], float]) -> str | None:
     """Why an answered image is kept (`low_confidence`, `sample`, `drift_sample`), or None."""
     if config.min_confidence <= confidence <= config.max_confidence:
         return "low_confidence"
@@ -161,7 +140,7 @@ class CaptureWriter:
     """The bounded queue and the one thread that writes to the store. `count(kind, reason)`
     receives every outcome (kind: captured, skipped, failed): the Prometheus counters."""
 
-    def __init__(self, store: CaptureStore, config: CaptureConfig, *, count: Callable[[str, str], None],
+    def __init__(self, store: CaptureStore, config: CaptureSettings, *, count: Callable[[str, str], None],
                  clock: Callable[[], float] = time.time, seed: int | None = None, start: bool = True):
         self.store, self.config = store, config
         self._count = count

@@ -32,29 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from kernel.settings import DriftSettings
 from pipelines.register import DRIFT_REFERENCE_FILENAME
 from serving.protocol import DRIFT_TESTS as TESTS, DriftStatus
 
-__all__ = ["DriftConfig", "DriftDetector", "DriftReference", "DriftWatch"]
+__all__ = ["DriftDetector", "DriftReference", "DriftWatch"]
 
 log = logging.getLogger("labelloop.serving")
-
-
-@dataclass(frozen=True)
-class DriftConfig:
-    window: int = 300
-    min_samples: int = 100
-    check_every: int = 50
-    p_value: float = 0.01
-    components: int = 8
-
-    @classmethod
-    def from_settings(cls, serving) -> "DriftConfig | None":  # kernel.settings.ServingSettings
-        if not serving.drift_enabled:
-            return None
-        return cls(window=serving.drift_window, min_samples=min(serving.drift_min_samples, serving.drift_window),
-                   check_every=serving.drift_check_every, p_value=serving.drift_p_value,
-                   components=serving.drift_components)
 
 
 @dataclass(frozen=True)
@@ -81,7 +65,7 @@ class DriftReference:
 class DriftDetector:
     """One model version's window of recent client images and its tests against the reference."""
 
-    def __init__(self, reference: DriftReference, n_classes: int, config: DriftConfig):
+    def __init__(self, reference: DriftReference, n_classes: int, config: DriftSettings):
         from sklearn.decomposition import PCA
 
         self.config = config

@@ -17,11 +17,12 @@ import numpy as np
 from PIL import Image
 
 from kernel.errors import NoModelError
+from kernel.settings import DriftSettings
 from pipelines.images import InputSpec, preprocess
 from pipelines.register import MODEL_FILENAME  # the file the register stage stores
 from pipelines.strategies import QueryStrategy
 from pipelines.train import with_embeddings
-from serving.drift import DriftConfig, DriftDetector, DriftReference
+from serving.drift import DriftDetector, DriftReference
 from serving.promotion import PromotionRecord, read_promotion
 from serving.protocol import DriftStatus
 
@@ -101,7 +102,7 @@ class ModelSlot:
         poll_interval_s: float = 1.0,
         *,
         fetch_model: Callable[[str], None] | None = None,
-        drift: DriftConfig | None = None,
+        drift: DriftSettings | None = None,
         on_drift_due: Callable[[], None] | None = None,
     ):
         self._promotion_file = promotion_file

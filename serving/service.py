@@ -43,8 +43,8 @@ from pipelines.artifacts import ArtifactStore
 from pipelines.images import decode_image
 from pipelines.strategies import get_strategy, per_image_scores
 from serving import errors
-from serving.capture import CaptureConfig, CaptureStore, CaptureWriter
-from serving.drift import DriftConfig, DriftWatch
+from serving.capture import CaptureStore, CaptureWriter
+from serving.drift import DriftWatch
 from serving.events import spool_event
 from serving.fetch import ImageFetcher, OutsideRootError, decode_base64, none_usable, storage_resolve_path
 from serving.guard import Guard, GuardConfig
@@ -93,7 +93,7 @@ class Classifier:
     def __init__(self) -> None:
         self.strategy = get_strategy(SETTINGS.query_strategy)
         fetch = ArtifactStore(SETTINGS.artifacts_url).ensure_local_model if SETTINGS.artifacts_url else None
-        drift = DriftConfig.from_settings(SETTINGS)
+        drift = SETTINGS.drift
         self.drift_watch: DriftWatch | None = None
         self.models = ModelSlot(
             SETTINGS.promotion_file, self.strategy, SETTINGS.model_poll_interval_s, fetch_model=fetch,
@@ -241,7 +241,7 @@ class Labelloop:
         # the model's identity cached for a poll interval.
         self.worker = ModelWorkerClient(lambda: self.classifier.to_async,
                                         info_ttl_s=SETTINGS.model_poll_interval_s)
-        capture = CaptureConfig.from_settings(SETTINGS)
+        capture = SETTINGS.capture
         # Client images worth labeling go to a background writer (off by default).
         self.capture = (CaptureWriter(CaptureStore(SETTINGS.capture_dir), capture, count=capture_counted)
                         if capture is not None else None)

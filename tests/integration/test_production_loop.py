@@ -153,8 +153,9 @@ def test_drift_queues_one_training_run_per_serving_model_when_asked(production):
     assert eager.production.retrain_on_drift() is False  # drift, but no new label to learn from
     # An annotator labels one image (as a collect commits it).
     image = next(name for name, row in loop.workspace.pool_index().items() if row.split == "pool")
+    task_id = next(task for task, name in loop.state.tasks().items() if name == image)  # its real task
     stamp = "2026-01-01T00:00:00.000000Z"
-    loop.workspace.commit_labels([LabelEvent(image=image, label="3", task_id=1, annotation_id=1, annotator="test",
+    loop.workspace.commit_labels([LabelEvent(image=image, label="3", task_id=task_id, annotation_id=1, annotator="test",
                                              annotation_updated_at=stamp)], Cursor(batch=1, updated_at=stamp))
     assert eager.training.labels_pending_training() == 1 and not eager.state.marks().training_requested
     assert eager.production.retrain_on_drift() is True  # the service reports drift (the test before)

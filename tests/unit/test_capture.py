@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernel.settings import Settings
+from kernel.settings import CaptureSettings, Settings
 from loop.monitoring import ProductionStatus, production_lines
-from serving.capture import CaptureConfig, CaptureStore, CaptureWriter, choose
+from serving.capture import CaptureStore, CaptureWriter, choose
 from tests.helpers.images import png_bytes
 
 
@@ -33,11 +33,11 @@ class Counts:
 
 
 def writer(location, counts: Counts, **config) -> CaptureWriter:
-    return CaptureWriter(CaptureStore(location), CaptureConfig(**{"sample_rate": 0.0, **config}), count=counts, seed=0)
+    return CaptureWriter(CaptureStore(location), CaptureSettings(**{"sample_rate": 0.0, **config}), count=counts, seed=0)
 
 
 def test_choice_keeps_the_confidence_window_and_a_random_share_raised_under_drift():
-    config = CaptureConfig(min_confidence=0.2, max_confidence=0.5, sample_rate=0.1, drift_sample_rate=0.5)
+    config = CaptureSettings(min_confidence=0.2, max_confidence=0.5, sample_rate=0.1, drift_sample_rate=0.5)
     draws = iter([0.05, 0.3, 0.3, 0.05])
     assert choose(0.4, config, drifting=False, draw=lambda: 1.0) == "low_confidence"
     assert choose(0.1, config, drifting=False, draw=lambda: 1.0) is None  # below the window, not drawn
@@ -67,7 +67,7 @@ def test_images_are_written_once_by_content_and_the_loop_can_read_and_remove_the
 def test_caps_per_hour_per_day_and_in_total(tmp_path):
     now = [3600.0 * 10]
     counts = Counts()
-    capture = CaptureWriter(CaptureStore(tmp_path / "c"), CaptureConfig(max_per_hour=2, max_per_day=3,
+    capture = CaptureWriter(CaptureStore(tmp_path / "c"), CaptureSettings(max_per_hour=2, max_per_day=3,
                                                                         max_pending=100, sample_rate=0.0),
                             count=counts, clock=lambda: now[0])
     capture.offer([image(i) for i in range(4)], [0.1] * 4)
@@ -86,7 +86,7 @@ def test_caps_per_hour_per_day_and_in_total(tmp_path):
 
 def test_a_full_queue_drops_and_counts_without_waiting(tmp_path):
     counts = Counts()
-    capture = CaptureWriter(CaptureStore(tmp_path / "c"), CaptureConfig(queue_size=2), count=counts, start=False)
+    capture = CaptureWriter(CaptureStore(tmp_path / "c"), CaptureSettings(queue_size=2), count=counts, start=False)
     assert capture.offer([image(i) for i in range(5)], [0.1] * 5) == 2
     assert counts.seen == {("failed", "queue_full"): 3}
     capture.start()
@@ -130,7 +130,7 @@ def test_a_full_disk_is_counted_as_no_space(tiny_disk):
 def test_a_store_behind_an_fsspec_url():
     store = CaptureStore("memory://labelloop-test/capture")
     counts = Counts()
-    capture = CaptureWriter(store, CaptureConfig(), count=counts)
+    capture = CaptureWriter(store, CaptureSettings(), count=counts)
     capture.offer([image(5), image(6)], [0.2, 0.2])
     assert capture.drain()
     names = store.names()

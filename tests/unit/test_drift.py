@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pipelines.register import DRIFT_REFERENCE_FILENAME
-from serving.drift import DriftConfig, DriftDetector, DriftReference, DriftWatch
+from kernel.settings import DriftSettings
+from serving.drift import DriftDetector, DriftReference, DriftWatch
 from serving.protocol import DRIFT_TESTS
 
 N_CLASSES, DIM = 10, 32
@@ -34,7 +35,7 @@ def reference(rng: np.random.Generator, n: int = 400) -> DriftReference:
                           embedding=embeddings.astype(np.float64))
 
 
-CONFIG = DriftConfig(window=200, min_samples=100, check_every=50, p_value=0.01, components=8)
+CONFIG = DriftSettings(window=200, min_samples=100, check_every=50, p_value=0.01, components=8)
 
 
 def test_a_stream_like_the_reference_raises_no_alarm_across_seeds():
