@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from dvc.exceptions import CheckoutError
 
 from labeling import LabelStudioGateway, SimulatedAnnotator
 from loop.stack import free_port
@@ -153,7 +154,13 @@ def test_kill_9_of_up_leaves_nothing_and_a_restart_comes_up_once(tmp_path):
         assert annotators.done <= len(in_label_studio) <= annotators.done + 1
         deadline = time.monotonic() + 120
         for attempt in itertools.count():
-            events = labels_from_remote(settings.workspace, tmp_path / f"verify-{attempt}")
+            try:
+                events = labels_from_remote(settings.workspace, tmp_path / f"verify-{attempt}")
+            except CheckoutError:  # the scheduler committed a batch and is pushing it now: look again
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(3)
+                continue
             pushed = {e.annotation_id: (e.image, e.label) for e in current_annotations(events).values()
                       if e.annotation_id is not None}
             if pushed == in_label_studio or time.monotonic() > deadline:
