@@ -77,7 +77,10 @@ BENCH_AL_ARGS ?=
 
 bench: bench-serving bench-rescore bench-add bench-s3 bench-models bench-al bench-quality
 
-# Then production capture's cost on latency (capture off vs on; the `capture` key of serving.json).
+# The service against a one-process reference server, in both shapes, batching on and off,
+# /predict, py-spy profiles, then the backbone model (~10 min; the first time plus the
+# models' training). Then production capture's cost on latency (capture off vs on; the
+# `capture` key of serving.json).
 bench-serving: $(VENV)/.project
 	$(VENV)/bin/python -m bench.serving
 	$(VENV)/bin/python -m bench.serving --capture
@@ -95,11 +98,10 @@ bench-s3: $(VENV)/.project
 	$(VENV)/bin/python -m bench.s3_import
 
 # small_cnn and a frozen MobileNetV3Small (96 px) side by side: training s per 100 images,
-# inference and preprocessing ms per image; then the service with the backbone model,
-# batching on and off at 64 clients (~2 min + ~3 min, the first time with its training).
+# inference and preprocessing ms per image (~2 min). The service with the backbone model
+# (batching on and off at 64 clients) is part of bench-serving.
 bench-models: $(VENV)/.project
 	$(VENV)/bin/python -m bench.models
-	$(VENV)/bin/python -m bench.serving --model backbone --seconds 10
 
 bench-al: $(VENV)/.project
 	$(VENV)/bin/python -m bench.active_learning $(BENCH_AL_ARGS)

@@ -1,20 +1,25 @@
-"""Serving benchmark: a minimal reference server, adaptive batching on and off, side by side in one run.
+"""Serving benchmark: a minimal reference server, the service's modes and shapes, side by side in one run.
 
-    python -m bench.serving [--seconds 8] [--out bench/results/serving.json]
+    python -m bench.serving [--seconds 8] [--out bench/results/serving.json] [--no-backbone]
     python -m bench.serving --model backbone [--seconds 8] [--out bench/results/serving_backbone.json]
 
 Trains (once, cached under bench/.work) the digits model through the real pipeline, then
-serves that one model three ways, one after the other (never two at once: they would share
+serves that one model four ways, one after the other (never two at once: they would share
 the CPUs): the reference (`bench/reference_server.py`: Starlette on uvicorn, one process,
 the same model, preprocessing, multipart request and JSON answer; the practical floor of
-per-request cost in Python here), and the real service with
-`LABELLOOP_SERVING_BATCHING=true` and `false`. Each is driven with 1, 16, 64 and 256
-concurrent closed-loop clients sending one image per `/classify` request. The service with
-batching on (the default) also answers Label Studio `/predict` with one task per request at
+per-request cost in Python here); the real service in its default shape (one process
+holding the model) with `LABELLOOP_SERVING_BATCHING=true` and `false`; and the real service
+in the model-workers shape (a front and one model worker behind BentoML's hop, batching on:
+the shape every deployment had before issue 12.3). Each is driven with 1, 16, 64 and 256
+concurrent closed-loop clients sending one image per `/classify` request. The default
+shape with batching on also answers Label Studio `/predict` with one task per request at
 1, 16 and 64 clients (compared with label-studio-ml-backend's figures quoted in issue 12)
 and one `/predict` of 100 tasks (data-URI images, so it measures the service, not a file
-server). Last, the forward pass alone in a fresh process: images/s of pure inference, what
-the modes' images/s served are set against.
+server). Both batched shapes get one more run at 64 clients under py-spy (`profile`:
+before = model workers, after = one process; not counted in the figures). Then the
+forward pass alone in a fresh process: images/s of pure inference, what the modes'
+images/s served are set against. Last, the backbone model's run (`--model backbone`
+below) for its target, unless `--no-backbone`.
 
 The load generator runs on the same machine and competes for its cores: the ratios are the
 point, the absolute numbers are this machine's. Every failed request (an answer other than
@@ -292,6 +297,95 @@ def _print_run(mode: str, run: dict) -> None:
           f"  CPU ms/request: {cpu}; other processes {run['foreign_cpu_s']} s", flush=True)
 
 
+# --- where the CPU went, by function (py-spy) --------------------------------------------------
+PROFILE_CLIENTS, PROFILE_RATE_HZ = 64, 100
+#: Leaf frames' libraries, grouped under what they do for a request.
+LIBRARY_ROLES = {
+    "tensorflow": "model (tensorflow/keras)", "keras": "model (tensorflow/keras)", "numpy": "numpy",
+    "PIL": "image decode (PIL)", "multipart": "multipart parsing", "python_multipart": "multipart parsing",
+    "starlette": "HTTP framework (starlette/fastapi)", "fastapi": "HTTP framework (starlette/fastapi)",
+    "uvicorn": "HTTP server (uvicorn/h11/httptools)", "h11": "HTTP server (uvicorn/h11/httptools)",
+    "httptools": "HTTP server (uvicorn/h11/httptools)", "aiohttp": "the hop (aiohttp, pickle)",
+    "pickle": "the hop (aiohttp, pickle)", "pydantic": "pydantic", "pydantic_core": "pydantic",
+    "bentoml": "bentoml", "_bentoml_impl": "bentoml", "_bentoml_sdk": "bentoml",
+    "asyncio": "asyncio", "serving": "labelloop serving", "pipelines": "labelloop pipelines",
+    "logging": "logging", "prometheus_client": "metrics (prometheus)", "opentelemetry": "tracing (opentelemetry)",
+    "tempfile": "multipart parsing", "json": "json", "threading": "threads (handoffs)",
+    "concurrent": "threads (handoffs)", "queue": "threads (handoffs)", "selectors": "asyncio",
+}
+
+
+def _library(frame: str) -> str:
+    """`function (/full/path/to/module.py:line)` -> what the module's top-level package does."""
+    path = frame.rpartition(" (")[2].rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    if "site-packages" in parts:
+        package = parts[parts.index("site-packages") + 1]
+    elif path.startswith(str(ROOT)):
+        package = Path(path).relative_to(ROOT).parts[0]
+    else:  # the standard library (.../lib/python3.11/<module or package>), or frozen
+        lib = next((i for i, p in enumerate(parts) if p.startswith("python3")), None)
+        package = parts[lib + 1] if lib is not None and lib + 1 < len(parts) else path
+    package = package.removesuffix(".py")
+    return LIBRARY_ROLES.get(package, package or "?")
+
+
+def _short(frame: str) -> str:
+    """`function (module.py)`: no line number, no directories."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({Path(where.rstrip(')').rsplit(':', 1)[0]).name})"
+
+
+def profile_summary(raw: Path, top: int = 12) -> dict:
+    """py-spy's raw (collapsed) stacks -> where the process was busy: the share of samples by
+    the library of the running (leaf) frame, and the functions most often running."""
+    samples, by_library, running = 0, Counter(), Counter()
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n, leaf = int(count), stack.split(";")[-1]
+        samples += n
+        by_library[_library(leaf)] += n
+        running[_short(leaf)] += n
+    share = lambda c: {k: round(v / samples, 3) for k, v in c.most_common(top)} if samples else {}  # noqa: E731
+    return {"samples": samples, "by_library": share(by_library), "running": share(running)}
+
+
+def _py_spy_run(url: str, request: Request, clients: int, seconds: float, pids: dict[str, list[int]],
+                out: Path) -> dict:
+    """A load run with py-spy sampling each service process at 100 Hz, only the thread holding
+    the interpreter lock (`--gil`): where the Python-level CPU goes. py-spy's idle detection
+    does not work on these VMs (threads blocked in `Condition.wait` counted as running), and
+    the forward pass itself runs outside the lock (its CPU is in `cpu_ms_per_request`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        return {"error": "py-spy is not installed (it is in the bench extra: make bench installs it)"}
+    recorders = {}
+    for role, role_pids in pids.items():
+        for i, pid in enumerate(role_pids):
+            name = role if i == 0 else f"{role}-{i}"
+            recorders[name] = (out / f"{name}.txt", subprocess.Popen(
+                [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(PROFILE_RATE_HZ), "--gil", "--full-filenames",
+                 "--format", "raw", "--output", str(out / f"{name}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    time.sleep(0.5)  # attached before the load starts
+    run = asyncio.run(_load(url, request, clients, seconds))
+    processes = {}
+    for name, (path, proc) in recorders.items():
+        _, err = proc.communicate(timeout=60)
+        if path.exists():
+            summary = profile_summary(path)
+            # The share of the run's wall time some thread of it held the interpreter lock.
+            processes[name] = {"gil_held_share": round(summary["samples"] / (PROFILE_RATE_HZ * int(seconds)), 3),
+                               **summary}
+        else:
+            processes[name] = {"error": err.decode(errors="replace").strip()[-300:]}
+    return {"clients": clients, "seconds": seconds, "throughput_rps_while_profiled": run["throughput_rps"],
+            "errors": run["errors"], "processes": processes}
+
+
 # --- the modes --------------------------------------------------------------------------------
 def _predict_100(url: str, image: bytes, repeats: int = 5) -> dict:
     uri = "data:image/png;base64," + base64.b64encode(image).decode()
@@ -358,22 +452,34 @@ def measure_reference(settings: Settings, tag: str, image: bytes, seconds: float
 
 
 def measure(settings: Settings, batching: bool, image: bytes, seconds: float, *, work: Path = WORK,
-            levels: tuple[int, ...] = CONCURRENCY, predict_too: bool = True) -> dict:
-    """The real service (`bentoml serve`) on the promoted model with batching on or off: /classify
-    at each of `levels` clients; with batching on and `predict_too`, Label Studio's /predict too."""
-    home = work / f"serve-{'batched' if batching else 'unbatched'}"
+            levels: tuple[int, ...] = CONCURRENCY, predict_too: bool = True, topology: str = "one_process",
+            profile: bool = False) -> dict:
+    """The real service (`bentoml serve`) on the promoted model with batching on or off, in
+    `topology` (`one_process`, the default; `model_workers`: a front and one model worker
+    behind BentoML's hop, the shape before issue 12.3): /classify at each of `levels` clients;
+    with batching on and `predict_too`, Label Studio's /predict too; `profile`: one more run
+    at 64 clients under py-spy (not counted in the figures)."""
+    home = work / f"serve-{topology}-{'batched' if batching else 'unbatched'}"
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "bentoml").exists():
         (home / "bentoml").symlink_to(settings.bentoml_home)
     (home / "promotion.json").write_text(settings.promotion_file.read_text())
-    serve = settings.model_copy(update={"home": home, "service_port": free_port(), "serving_batching": batching})
+    serve = settings.model_copy(update={"home": home, "service_port": free_port(), "serving_batching": batching,
+                                        "serving_topology": topology, "serving_workers": 1})
     server = ServiceServer(serve).start(timeout_s=240)
-    mode = f"batching {'on' if batching else 'off'}"
+    mode = f"batching {'on' if batching else 'off'}" + ("" if topology == "one_process" else f", {topology}")
+    profiled = None
     try:
         while httpx.get(f"{server.url}/readyz").status_code != 200:
             time.sleep(0.5)
         pids = _worker_pids(work)
         runs = _classify_levels(mode, server.url, image, seconds, pids, levels)
+        if profile:
+            profiled = _py_spy_run(server.url, classify_request(image), PROFILE_CLIENTS, seconds, pids,
+                                   home / "py-spy")
+            print(f"  {mode}: py-spy at {PROFILE_CLIENTS} clients: " + "; ".join(
+                f"{role} {', '.join(f'{k} {v:.0%}' for k, v in list(p['by_library'].items())[:5])}"
+                for role, p in profiled["processes"].items()), flush=True)
         predict_runs, predict = [], None
         if batching and predict_too:  # /predict is one unbatched forward pass per request: the mode doesn't matter
             make, check = predict_request(image)
@@ -384,9 +490,10 @@ def measure(settings: Settings, batching: bool, image: bytes, seconds: float, *,
             predict = _predict_100(server.url, image)
     finally:
         server.stop()
-    errors = sum(r["errors"] for r in runs + predict_runs) + (predict["errors"] if predict else 0)
-    return {"mode": mode, "batching": batching, "errors": errors, "runs": runs,
-            "predict_single_task": predict_runs or None, "predict_100": predict}
+    errors = (sum(r["errors"] for r in runs + predict_runs) + (predict["errors"] if predict else 0)
+              + (profiled or {}).get("errors", 0))
+    return {"mode": mode, "batching": batching, "topology": topology, "errors": errors, "runs": runs,
+            "predict_single_task": predict_runs or None, "predict_100": predict, "profile": profiled}
 
 
 #: `--capture`: its own model (trained once by the current pipeline, so it has a drift reference).
@@ -560,26 +667,29 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
 
-def side_by_side(reference: dict, batched: dict, unbatched: dict, forward: dict) -> list[dict]:
+def side_by_side(reference: dict, batched: dict, unbatched: dict, forward: dict, model_workers: dict) -> list[dict]:
     """Every mode at every load, plus images/s served against pure inference (one image per
     request, so images/s = requests/s; the best pure inference is the batch of 64)."""
     rows = []
     for clients in CONCURRENCY:
         row: dict = {"clients": clients}
-        for name, mode in (("reference", reference), ("batched", batched), ("unbatched", unbatched)):
+        for name, mode in (("reference", reference), ("batched", batched), ("unbatched", unbatched),
+                           ("model_workers_batched", model_workers)):
             run = _at(mode["runs"], clients)
             row[name] = {k: run[k] for k in ("throughput_rps", "errors", "p50_ms", "p99_ms")}
             row[name]["of_pure_inference"] = round(run["throughput_rps"] / forward["images_per_s_batch_64"], 4)
         row["batched_over_reference"] = _ratio(row["batched"]["throughput_rps"], row["reference"]["throughput_rps"])
         row["unbatched_over_reference"] = _ratio(row["unbatched"]["throughput_rps"], row["reference"]["throughput_rps"])
         row["batched_over_unbatched"] = _ratio(row["batched"]["throughput_rps"], row["unbatched"]["throughput_rps"])
+        row["model_workers_over_reference"] = _ratio(row["model_workers_batched"]["throughput_rps"],
+                                                     row["reference"]["throughput_rps"])
         rows.append(row)
     return rows
 
 
-def targets_of(rows: list[dict], batched: dict, unbatched: dict) -> dict:
+def targets_of(rows: list[dict], batched: dict, unbatched: dict, backbone: dict | None) -> dict:
     """Issue 12's goals, each {"target", "reached", "met"}: `reached` is the measured value
-    (the default configuration: batching on), other modes beside it."""
+    (the default configuration: one process, batching on), other modes beside it."""
     at16, at64 = _at(rows, 16), _at(rows, 64)
     service_errors = batched["errors"] + unbatched["errors"]
     p99_worse = [r["clients"] for r in rows
@@ -598,9 +708,10 @@ def targets_of(rows: list[dict], batched: dict, unbatched: dict) -> dict:
             "target": "<= 100", "reached": at16["batched"]["p99_ms"],
             "met": at16["batched"]["p99_ms"] is not None and at16["batched"]["p99_ms"] <= 100,
             "batching_off": at16["unbatched"]["p99_ms"], "reference": at16["reference"]["p99_ms"]},
-        "batched_over_unbatched_backbone_at_64_clients": {
-            "target": ">= 4", "reached": None, "met": None,
-            "why": "no backbone model exists yet (the photos issue); the digits model's ratio is in side_by_side"},
+        "batched_over_unbatched_backbone_at_64_clients": (
+            {**backbone["target"], "what": "the backbone run of this benchmark (serving_backbone.json)"}
+            if backbone else {"target": f">= {BACKBONE_TARGET_RATIO:g}", "reached": None, "met": None,
+                              "why": "not run (--no-backbone)"}),
         "zero_errors_service": {
             "target": "0 at 1/16/64/256 clients, batching on and off, and /predict", "reached": service_errors,
             "met": service_errors == 0},
@@ -616,7 +727,7 @@ def targets_of(rows: list[dict], batched: dict, unbatched: dict) -> dict:
     }
 
 
-def main_backbone(seconds: float, out: Path) -> None:
+def main_backbone(seconds: float, out: Path) -> dict:
     """`--model backbone`: batching on and off at 64 clients, the ratio of their throughputs."""
     started = time.perf_counter()
     settings, record, photos = trained_backbone_model()
@@ -669,6 +780,7 @@ def main_backbone(seconds: float, out: Path) -> None:
           f"on/off {ratio} (target >= {BACKBONE_TARGET_RATIO:g}: {'met' if result['target']['met'] else 'NOT met'})")
     print(f"errors: {errors_total} (batching on {batched['errors']}, off {unbatched['errors']})")
     print(f"wrote {out.relative_to(ROOT)} ({result['seconds_this_run']:.0f} s)")
+    return result
 
 
 def main() -> None:
@@ -679,6 +791,8 @@ def main() -> None:
                              "and off at 64 clients (serving_backbone.json)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default bench/results/serving.json (digits), serving_backbone.json (backbone)")
+    parser.add_argument("--no-backbone", action="store_true",
+                        help="skip the backbone model's run (its target is then not measured)")
     parser.add_argument("--capture", action="store_true",
                         help="only production capture's cost: capture off vs on (into serving.json's `capture` key)")
     args = parser.parse_args()
@@ -696,38 +810,45 @@ def main() -> None:
     print(f"model {record.tag}; {args.seconds:.0f} s per level; one image per request; "
           f"load average {load_before[0]:.2f}", flush=True)
     reference = measure_reference(settings, record.tag, image, args.seconds)
-    batched = measure(settings, True, image, args.seconds)
+    batched = measure(settings, True, image, args.seconds, profile=True)
     unbatched = measure(settings, False, image, args.seconds)
+    model_workers = measure(settings, True, image, args.seconds, topology="model_workers", predict_too=False,
+                            profile=True)
     forward = model_forward_ms(settings, record.tag)
     print(f"model forward pass alone: {forward['batch_1_ms']} ms for 1 image, {forward['batch_64_ms']} ms for 64"
           f" ({forward['images_per_s_batch_64']} images/s)", flush=True)
-    rows = side_by_side(reference, batched, unbatched, forward)
-    targets = targets_of(rows, batched, unbatched)
+    backbone = None if args.no_backbone else main_backbone(10.0, ROOT / "bench" / "results" / "serving_backbone.json")
+    rows = side_by_side(reference, batched, unbatched, forward, model_workers)
+    targets = targets_of(rows, batched, unbatched, backbone)
+    modes = (reference, batched, unbatched, model_workers)
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)},
         "model": record.tag, "seconds_per_level": args.seconds,
-        "errors_total": reference["errors"] + batched["errors"] + unbatched["errors"],
+        "errors_total": sum(m["errors"] for m in modes) + (backbone["errors_total"] if backbone else 0),
         "model_forward": forward, "side_by_side": rows, "targets": targets,
-        "reference": reference, "batched": batched, "unbatched": unbatched,
+        # Issue 12.3's before/after: the same load (64 clients, batching on) under py-spy.
+        "profile": {"before_model_workers": model_workers["profile"], "after_one_process": batched["profile"]},
+        "reference": reference, "batched": batched, "unbatched": unbatched, "model_workers_batched": model_workers,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("\nreq/s · errors (p50 / p99 ms)        reference | batching on | batching off")
+    print("\nreq/s · errors (p50 / p99 ms)        reference | batching on | batching off | model workers, batched")
     for r in rows:
         cells = [f"{r[m]['throughput_rps']:.0f} · {r[m]['errors']} ({r[m]['p50_ms']} / {r[m]['p99_ms']})"
-                 for m in ("reference", "batched", "unbatched")]
+                 for m in ("reference", "batched", "unbatched", "model_workers_batched")]
         print(f"  {r['clients']:>3} clients: " + " | ".join(cells))
     print("Label Studio /predict, one task: " + ", ".join(
         f"{c} clients x{v}" for c, v in targets["predict_single_task_vs_label_studio_ml_backend"]["ratio_per_clients"].items())
         + " of label-studio-ml-backend")
     print(f"Label Studio /predict of 100 tasks: {batched['predict_100']['median_s']} s (median of 5)")
     print(f"errors: {result['errors_total']} in all runs (reference {reference['errors']}, "
-          f"batching on {batched['errors']}, off {unbatched['errors']})")
+          f"batching on {batched['errors']}, off {unbatched['errors']}, model workers {model_workers['errors']}"
+          f"{', backbone ' + str(backbone['errors_total']) if backbone else ''})")
     for name, t in targets.items():
         verdict = "not measured" if t["met"] is None else "met" if t["met"] else "NOT met"
         print(f"  target {name}: {t['target']}, reached {t['reached']} ({verdict})")
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

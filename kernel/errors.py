@@ -19,6 +19,7 @@ __all__ = [
     "BadInputError",
     "FetchError",
     "ServiceUnavailableError",
+    "OverloadedError",
 ]
 
 
@@ -67,6 +68,10 @@ class BadInputError(LabelloopError, exit_code=7, http_status=400):
 
 class ServiceUnavailableError(LabelloopError, exit_code=8, http_status=503):
     """The labelloop service (BentoML) is not running or not reachable at its URL."""
+
+
+class OverloadedError(ServiceUnavailableError):
+    """The service has more waiting than it takes (its 503 carries Retry-After)."""
 
 
 class TrainingBusyError(LabelloopError, exit_code=9, http_status=409):

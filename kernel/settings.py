@@ -37,6 +37,14 @@ __all__ = [
 CONFIG_FILE_ENV = "LABELLOOP_CONFIG"
 
 
+def gpu_visible() -> bool:
+    """An NVIDIA device node exists and CUDA_VISIBLE_DEVICES does not hide it (no driver
+    call: the settings are read before anything imports a framework)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    return Path("/dev/nvidia0").exists()
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -81,6 +89,9 @@ class ServingSettings(_Section):
 
     url: str
     workers: int = 1
+    one_process: bool = True  # the model in the answering process (Settings.serving_one_process)
+    max_queue: int = 1024
+    max_in_flight: int = 1024
     batching: bool = True
     max_batch_size: int = 64
     max_latency_ms: int = 10_000
@@ -183,6 +194,22 @@ class Settings(BaseSettings):
     model_poll_interval_s: float = 1.0
     serving_workers: int = Field(
         default=1, ge=1, description="Model worker processes (each loads the promoted model)."
+    )
+    serving_topology: Literal["auto", "one_process", "model_workers"] = Field(
+        default="auto",
+        description="Where the model runs: in the process that answers requests (one_process), or in "
+        "separate model-worker processes behind it (model_workers). auto: one process unless "
+        "LABELLOOP_SERVING_WORKERS > 1 or a GPU is visible.",
+    )
+    serving_max_queue: int = Field(
+        default=1024, ge=1,
+        description="Client images waiting for the model: beyond it a request is answered 503 with "
+        "Retry-After instead of queueing.",
+    )
+    serving_max_in_flight: int = Field(
+        default=1024, ge=1,
+        description="Client-API requests the service holds at once (received, not yet answered): the "
+        "next one is answered 503 with Retry-After before its body is read.",
     )
     serving_batching: bool = Field(
         default=True, description="Adaptive batching of client requests (off: one pass per request)."
@@ -483,6 +510,15 @@ class Settings(BaseSettings):
     def resolved_service_url(self) -> str:
         return self.service_url or f"http://{self.service_host}:{self.service_port}"
 
+    @property
+    def serving_one_process(self) -> bool:
+        """The resolved topology: the hop to model workers pays only for several workers
+        (they scale past one process's GIL) or a GPU (its runtime stays out of the process
+        parsing HTTP); otherwise the process answering requests holds the model."""
+        if self.serving_topology != "auto":
+            return self.serving_topology == "one_process"
+        return self.serving_workers == 1 and not gpu_visible()
+
     # --- typed sections: what each package below the loop receives --------------------
     @property
     def label_studio(self) -> LabelStudioSettings:
@@ -496,6 +532,8 @@ class Settings(BaseSettings):
     def serving(self) -> ServingSettings:
         return ServingSettings(
             url=self.resolved_service_url, workers=self.serving_workers, batching=self.serving_batching,
+            one_process=self.serving_one_process, max_queue=self.serving_max_queue,
+            max_in_flight=self.serving_max_in_flight,
             max_batch_size=self.serving_max_batch_size, max_latency_ms=self.serving_max_latency_ms,
             max_body_mb=self.serving_max_body_mb, api_key=self.serving_api_key,
             basic_auth_user=self.serving_basic_auth_user, basic_auth_password=self.serving_basic_auth_password,

@@ -5,7 +5,9 @@ place that turns one into an answer, at the two kinds of edge the service has:
 
 - `@bentoml.api` routes (and the model worker's answers to the front): `bentoml_errors()`
   re-raises the error as the BentoML exception with that `error_code`, which BentoML
-  answers with that status;
+  answers with that status; a client route answers a 5xx itself (`api_answer`), since
+  BentoML would replace its message by "An unexpected error has occurred" and an overloaded
+  service or a missing model must say so;
 - the mounted FastAPI app (the Label Studio routes, `/classify_raw`): `install(app)` adds
   one exception handler answering `{"detail": <message>}` with that status, and one for
   anything unexpected that answers a plain 500 (the traceback goes to the log, never into
@@ -18,6 +20,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
+from typing import Any
 
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
@@ -26,7 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from kernel.errors import LabelloopError
 
-__all__ = ["bentoml_errors", "install", "status_of", "to_bentoml"]
+__all__ = ["api_answer", "bentoml_errors", "install", "status_of", "to_bentoml"]
 
 log = logging.getLogger("labelloop.serving")
 
@@ -51,6 +54,19 @@ def bentoml_errors() -> Iterator[None]:
         yield
     except LabelloopError as exc:
         raise to_bentoml(exc) from exc
+
+
+def api_answer(exc: LabelloopError, ctx: Any) -> JSONResponse:
+    """A client route's answer to `exc`: a 4xx goes to BentoML as before (re-raised); a 5xx
+    is answered here with its message (labelloop's messages hold no secrets). `ctx`: the
+    route's `bentoml.Context`, whose status BentoML puts on any answer of a route that takes one."""
+    status = status_of(exc)
+    if status < 500:
+        raise to_bentoml(exc) from exc
+    log.warning("%d: %s", status, exc)
+    if ctx is not None:
+        ctx.response.status_code = status
+    return JSONResponse({"error": str(exc)}, status_code=status)
 
 
 async def _labelloop_error(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,11 @@ Checked before any route runs, so a refused request costs no parsing and no mode
   stay open: the cluster probes and scrapes them.
 - A body over the limit is a 413 (from Content-Length, or counted while streaming);
   a POST with a content type the route does not take is a 415.
+- Backpressure: more than `max_in_flight` client-API requests at once (received, not yet
+  answered) and the next is a 503 before its body is read; the service never queues
+  without bound in its event loop.
+- Every 503 going out (overload, no model yet, BentoML's own) carries `Retry-After`, so a
+  client backs off instead of retrying at once or dropping the connection.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+#: Seconds a 503 asks the client to wait (the model's queue drains within that at this
+#: machine's throughput; a model still loading is ready within a few).
+RETRY_AFTER_S = 1
+
 LABEL_STUDIO_ROUTES = frozenset({"/health", "/setup", "/predict", "/versions"})
 #: POST route -> the content types it takes (prefix match).
 CONTENT_TYPES: dict[str, tuple[str, ...]] = {
@@ -49,6 +58,7 @@ class GuardConfig:
     api_key: str | None = None
     basic_auth: tuple[str, str] | None = None
     webhook_secret: str | None = None
+    max_in_flight: int | None = None  # client-API requests at once; None: no bound
 
 
 class Guard:
@@ -60,6 +70,7 @@ class Guard:
             "Basic " + base64.b64encode(f"{user_pass[0]}:{user_pass[1]}".encode()).decode()
             if user_pass else None
         )
+        self._in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,6 +82,21 @@ class Guard:
         if refusal:
             await _respond(send, *refusal)
             return
+        if path.startswith("/classify") and self.config.max_in_flight is not None:
+            if self._in_flight >= self.config.max_in_flight:
+                await _respond(send, 503, f"the service holds {self._in_flight} client requests (at most "
+                               f"LABELLOOP_SERVING_MAX_IN_FLIGHT={self.config.max_in_flight}): retry in a second",
+                               {"retry-after": str(RETRY_AFTER_S)})
+                return
+            self._in_flight += 1
+            try:
+                await self._guarded(scope, receive, send, path)
+            finally:
+                self._in_flight -= 1
+            return
+        await self._guarded(scope, receive, send, path)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         if path == "/classify" and scope.get("method") == "POST":
             # BentoML would treat a text value in a file field as a URL and download it
             # (a 500 for junk, a server-side fetch for a URL): only uploaded files pass.
@@ -108,6 +134,10 @@ class Guard:
                 return
             if message["type"] == "http.response.start":
                 state["started"] = True
+                if message.get("status") == 503 and not any(k.lower() == b"retry-after"
+                                                             for k, _ in message.get("headers", [])):
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"retry-after", str(RETRY_AFTER_S).encode())]}
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)

@@ -7,6 +7,7 @@ assignment, so a request always runs on one complete model and reports its versi
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -17,16 +18,17 @@ import numpy as np
 from PIL import Image
 
 from kernel.errors import NoModelError
-from kernel.settings import DriftSettings
+from kernel.settings import DriftSettings, ServingSettings
+from pipelines.artifacts import ArtifactStore
 from pipelines.images import InputSpec, preprocess
 from pipelines.register import MODEL_FILENAME  # the file the register stage stores
-from pipelines.strategies import QueryStrategy
+from pipelines.strategies import QueryStrategy, get_strategy, per_image_scores
 from pipelines.train import with_embeddings
-from serving.drift import DriftDetector, DriftReference
+from serving.drift import DriftDetector, DriftReference, DriftWatch
 from serving.promotion import PromotionRecord, read_promotion
-from serving.protocol import DriftStatus
+from serving.protocol import DriftStatus, ImagePrediction, ModelInfo
 
-__all__ = ["LoadedModel", "ModelSlot", "NO_MODEL", "Scored", "load_model"]
+__all__ = ["LoadedModel", "ModelCore", "ModelSlot", "NO_MODEL", "Scored", "load_model"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,18 @@ def load_model(tag: str) -> LoadedModel:
     )
 
 
+def _settle_heap() -> None:
+    """Collect once (the replaced model's reference cycles) and move everything alive to
+    the collector's permanent generation. With a framework and a model loaded the process
+    holds ~500,000 objects, and every full collection walks them all: 300 ms with the
+    interpreter locked, a pause that hit random requests (measured: p99 400+ ms where p50
+    was 45). Frozen, they are skipped; only what requests create is collected. One 300 ms
+    pause per promotion, in the watcher's thread, instead of one every few seconds."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ModelSlot:
     def __init__(
         self,
@@ -148,6 +162,8 @@ class ModelSlot:
             old = self._current
             self._current, self._record = new_model, record  # the swap: one assignment
             log.info("serving model %s (was %s)", new_model.tag, old.tag if old else "none")
+            del old
+            _settle_heap()
             return True
 
     def start_watching(self) -> None:
@@ -181,3 +197,59 @@ class ModelSlot:
     def drift_detector(self) -> DriftDetector | None:
         model = self._current
         return model.drift if model is not None else None
+
+
+class ModelCore:
+    """What the process holding the model does: load the promoted model, hot-swap it, and
+    turn decoded images into typed predictions. The model-worker service (`Classifier`)
+    wraps one; so does the front when it holds the model itself (one process)."""
+
+    def __init__(self, settings: ServingSettings, publish_drift: Callable[[DriftStatus | None], None]):
+        self.strategy = get_strategy(settings.query_strategy)
+        fetch = ArtifactStore(settings.artifacts_url).ensure_local_model if settings.artifacts_url else None
+        self.drift_watch: DriftWatch | None = None
+        self.models = ModelSlot(
+            settings.promotion_file, self.strategy, settings.model_poll_interval_s, fetch_model=fetch,
+            drift=settings.drift, on_drift_due=self._drift_due,
+        )
+        if settings.drift is not None:
+            # Client images' drift checks run in a thread of their own, off every request.
+            self.drift_watch = DriftWatch(self.models.drift_detector, publish_drift)
+        try:
+            self.models.refresh()
+        except Exception:
+            log.exception("could not load the promoted model at start; waiting for a promotion")
+        self.models.start_watching()
+
+    def _drift_due(self) -> None:
+        if self.drift_watch is not None:
+            self.drift_watch.due()
+
+    def predict(self, images: Sequence[Image.Image], *, with_embeddings: bool = False,
+                observe: bool = False) -> list[ImagePrediction]:
+        """`observe`: client images (not the loop's, not Label Studio's): they join the
+        drift window. Raises `NoModelError` while nothing is promoted."""
+        scored = self.models.score(images, observe=observe)
+        probs = scored.probabilities
+        all_scores = per_image_scores(probs)
+        return [
+            ImagePrediction(
+                label=label,
+                probabilities={c: round(float(p), 6) for c, p in zip(scored.classes, row, strict=True)},
+                score=float(score),
+                scores={name: round(float(values[i]), 6) for name, values in all_scores.items()},
+                strategy=self.strategy.name,
+                model_version=scored.version,
+                # Only on request: 128 floats per image are real work in the batched hot path.
+                embedding=[round(float(v), 5) for v in scored.embeddings[i]] if with_embeddings else None,
+            )
+            for i, (label, row, score) in enumerate(zip(scored.labels, probs, scored.scores, strict=True))
+        ]
+
+    def info(self) -> ModelInfo | None:
+        """The serving model's identity (None: nothing promoted yet)."""
+        model = self.models.current
+        if model is None:
+            return None
+        return ModelInfo(version=model.tag, classes=model.classes, metadata=model.metadata,
+                         drift=self.models.drift_status())

@@ -1,4 +1,6 @@
-"""The front's calls to the model worker (`Classifier`), over BentoML's dependency client.
+"""The front's calls to the model: over BentoML's dependency client to the model-worker
+processes (`ModelWorkerClient`), or to the model in its own process (`InProcessModel`, the
+one-process topology). Both answer `classify(method, images, decoded)` and `info()`.
 
 BentoML 1.4's dependency client recycles its aiohttp session every `max_requests` calls
 and after `max_age` seconds while other calls are still in flight, and a keep-alive
@@ -30,11 +32,17 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from kernel.errors import NoModelError, ServiceUnavailableError
-from serving.inference import NO_MODEL
+from PIL import Image
+
+from kernel.errors import NoModelError, OverloadedError, ServiceUnavailableError
+from serving.batching import ForwardQueue
+from serving.inference import NO_MODEL, ModelCore
 from serving.protocol import ImagePrediction, ModelInfo
 
-__all__ = ["ModelWorkerClient", "TRANSPORT_ERRORS"]
+__all__ = ["CLIENT_METHOD", "InProcessModel", "ModelWorkerClient", "TRANSPORT_ERRORS"]
+
+#: The worker method of client-API images: merged into batches, drift-monitored, shed under overload.
+CLIENT_METHOD = "classify_images"
 
 log = logging.getLogger("labelloop.serving")
 
@@ -50,8 +58,13 @@ class ModelWorkerClient:
     """`client` returns BentoML's async client of the `Classifier` dependency (resolved per
     call: BentoML builds it lazily in the serving process)."""
 
-    def __init__(self, client: Callable[[], Any], *, info_ttl_s: float = 1.0, attempts: int = 5):
+    def __init__(self, client: Callable[[], Any], *, info_ttl_s: float = 1.0, attempts: int = 5,
+                 max_queue: int | None = None):
         self._client = client
+        # Client images in flight to the workers: beyond `max_queue` a request is refused
+        # (503) instead of piling onto the workers' queues.
+        self._max_queue = max_queue
+        self._in_flight = 0
         self._info_ttl_s = info_ttl_s
         self._retrying = dict(
             retry=retry_if_exception_type(TRANSPORT_ERRORS) & retry_if_not_exception_type(NOT_RETRIED),
@@ -87,8 +100,21 @@ class ModelWorkerClient:
                 return await getattr(self._client(), method)(**kwargs)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def classify(self, method: str, images: list[bytes], **kwargs: Any) -> list[ImagePrediction]:
-        out = await self.call(method, images=images, **kwargs)
+    async def classify(self, method: str, images: list[bytes], decoded: list[Image.Image] | None = None,
+                       **kwargs: Any) -> list[ImagePrediction]:
+        """`decoded` (the front's validation of `images`) does not cross the hop: the worker decodes."""
+        if method == CLIENT_METHOD and self._max_queue is not None:
+            if self._in_flight + len(images) > self._max_queue:
+                raise OverloadedError(
+                    f"{self._in_flight} images are in flight to the model workers (at most "
+                    f"LABELLOOP_SERVING_MAX_QUEUE={self._max_queue}): retry in a second")
+            self._in_flight += len(images)
+            try:
+                out = await self.call(method, images=images, **kwargs)
+            finally:
+                self._in_flight -= len(images)
+        else:
+            out = await self.call(method, images=images, **kwargs)
         predictions = [ImagePrediction.model_validate(o) if isinstance(o, dict) else o for o in out]
         if predictions and self._info is not None and predictions[-1].model_version != self._info.version:
             self.expire()  # a promotion happened: the next info() asks the worker again
@@ -123,6 +149,43 @@ class ModelWorkerClient:
 
     def expire(self) -> None:
         self._info_at = float("-inf")
+
+
+class InProcessModel:
+    """The model in the front's own process: no hop, no second decode, no pickling. The
+    calls the model-worker service would answer go through one `ForwardQueue`, one pass at a
+    time: with `batching`, client images merge into shared passes, and so do Label Studio's
+    /predicts and the loop's re-scoring among themselves (the same outputs; a request larger
+    than a batch runs alone); embeddings one pass per request. Client traffic is shed when
+    the queue is full; Label Studio's and the loop's calls always queue."""
+
+    def __init__(self, core: ModelCore, *, batching: bool, max_batch_size: int, max_queue: int,
+                 max_wait_s: float):
+        self._core = core
+        self._batching = batching
+        self.queue: ForwardQueue[Image.Image, ImagePrediction] = ForwardQueue(
+            core.predict, max_batch_size=max_batch_size, max_queue=max_queue, max_wait_s=max_wait_s)
+
+    async def classify(self, method: str, images: list[bytes], decoded: list[Image.Image] | None = None,
+                       **kwargs: Any) -> list[ImagePrediction]:
+        if decoded is None:
+            raise TypeError("the in-process model takes decoded images")
+        if method == CLIENT_METHOD:
+            return await self.queue.submit(decoded, merge=self._batching, observe=True)
+        if method == "classify_all":
+            # Label Studio's /predicts (annotators opening tasks at once) share passes too.
+            return await self.queue.submit(decoded, merge=self._batching, shed=False)
+        if method == "classify_with_embeddings":
+            observe = bool(kwargs.get("observe", False))  # a client's images (not the loop's)
+            return await self.queue.submit(decoded, merge=False, shed=observe, with_embeddings=True,
+                                           observe=observe)
+        raise ValueError(f"no model method {method!r}")
+
+    async def info(self) -> ModelInfo | None:
+        return self._core.info()
+
+    def expire(self) -> None:
+        """Nothing cached: `info` reads the model slot itself."""
 
 
 def _log_failure(done: asyncio.Future[ModelInfo | None]) -> None:

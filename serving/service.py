@@ -1,11 +1,20 @@
 """The labelloop BentoML service: a client prediction API and a Label Studio ML backend.
 
-Two BentoML services, one deployment (`bentoml serve serving.service:Labelloop`):
+One deployment (`bentoml serve serving.service:Labelloop`) in one of two topologies
+(`LABELLOOP_SERVING_TOPOLOGY`, resolved once in the settings):
 
-- `Labelloop` (the front door, no TensorFlow): parses and validates every request on its
-  own, so a bad upload is that client's 400 and never fails a batch that merged other
-  clients' images; fetches Label Studio task images; auth, limits, metrics, prediction log.
-  Routes:
+- **one process** (the default on a CPU machine with `LABELLOOP_SERVING_WORKERS=1`):
+  `Labelloop` holds the model itself (`InProcessModel`): requests are parsed, validated and
+  decoded once, then wait in one bounded `ForwardQueue` that runs one forward pass at a
+  time, merging whatever queued meanwhile. No second HTTP parse, no pickling, no second
+  event loop between a request and the model.
+- **model workers** (several workers, or a GPU): `Labelloop` is the front door (no
+  TensorFlow) and `Classifier` runs the model in `serving_workers` processes behind
+  BentoML's dependency hop, batched by BentoML's adaptive dispatcher.
+
+Either way the front parses and validates every request on its own, so a bad upload is
+that client's 400 and never fails a batch that merged other clients' images; fetches Label
+Studio task images; auth, limits, metrics, prediction log. Routes:
     ``POST /classify``           multipart upload of one or more images (bentoml clients)
     ``POST /classify_base64``    JSON ``{"images": ["<base64 or data URI>", ...]}``
     ``POST /classify_raw``       one image as the raw body (``Content-Type: image/*``)
@@ -14,14 +23,14 @@ Two BentoML services, one deployment (`bentoml serve serving.service:Labelloop`)
                                  no ``@bentoml.api`` may be named like these or it would
                                  silently take the route)
     ``/readyz`` (false until a model is loaded), ``/livez``, ``/metrics``: BentoML's own.
-- `Classifier` (the one inference core, `serving_workers` processes): holds the promoted
-  model, hot-swaps it, and runs the forward passes: adaptively batched for the client API,
-  one pass per Label Studio `/predict`.
+Overload is a 503 with Retry-After (more than `LABELLOOP_SERVING_MAX_IN_FLIGHT` client
+requests held, or `LABELLOOP_SERVING_MAX_QUEUE` client images waiting for the model),
+never a dropped connection.
 
 Production (README "Production capture and drift"): the front hands client images worth
-labeling to a background writer (`serving.capture`, off by default); the model worker keeps
-client images' outputs in the serving model's drift window and tests it in a background
-thread (`serving.drift`). The loop's own requests (header `X-Labelloop-Source: loop`) and
+labeling to a background writer (`serving.capture`, off by default); the process holding
+the model keeps client images' outputs in the serving model's drift window and tests it in
+a background thread (`serving.drift`). The loop's own requests (header `X-Labelloop-Source: loop`) and
 Label Studio's `/predict` are neither.
 """
 
@@ -35,22 +44,20 @@ from typing import Annotated
 import anyio
 import bentoml
 from fastapi import FastAPI, Request, Response
+from PIL import Image
 from pydantic import Field, TypeAdapter
 
-from kernel.errors import BadInputError, FetchError, NoModelError
+from kernel.errors import BadInputError, FetchError, LabelloopError, NoModelError
 from kernel.settings import Settings
-from pipelines.artifacts import ArtifactStore
 from pipelines.images import decode_image
-from pipelines.strategies import get_strategy, per_image_scores
 from serving import errors
 from serving.capture import CaptureStore, CaptureWriter
-from serving.drift import DriftWatch
 from serving.events import spool_event
 from serving.fetch import ImageFetcher, OutsideRootError, decode_base64, none_usable, storage_resolve_path
 from serving.guard import Guard, GuardConfig
-from serving.inference import NO_MODEL, ModelSlot
+from serving.inference import NO_MODEL, ModelCore
 from serving.labeling_config import ChoiceTarget, check_classes, parse_label_config
-from serving.model_worker import ModelWorkerClient
+from serving.model_worker import CLIENT_METHOD, InProcessModel, ModelWorkerClient
 from serving.protocol import (
     LOOP_SOURCE,
     SOURCE_HEADER,
@@ -90,52 +97,18 @@ WORKER_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 1e9}
     runner_connection=WORKER_CONNECTION,
 )
 class Classifier:
+    """The model-worker topology's processes: the core behind BentoML's adaptive batching."""
+
     def __init__(self) -> None:
-        self.strategy = get_strategy(SETTINGS.query_strategy)
-        fetch = ArtifactStore(SETTINGS.artifacts_url).ensure_local_model if SETTINGS.artifacts_url else None
-        drift = SETTINGS.drift
-        self.drift_watch: DriftWatch | None = None
-        self.models = ModelSlot(
-            SETTINGS.promotion_file, self.strategy, SETTINGS.model_poll_interval_s, fetch_model=fetch,
-            drift=drift, on_drift_due=self._drift_due,
-        )
-        if drift is not None:
-            # Client images' drift checks run here, off the request's thread.
-            self.drift_watch = DriftWatch(self.models.drift_detector, publish_drift)
-        try:
-            self.models.refresh()
-        except Exception:
-            log.exception("could not load the promoted model at start; waiting for a promotion")
-        self.models.start_watching()
+        self.core = ModelCore(SETTINGS, publish_drift)
 
     def __is_ready__(self) -> bool:
-        return self.models.current is not None
+        return self.core.models.current is not None
 
-    def _drift_due(self) -> None:
-        if self.drift_watch is not None:
-            self.drift_watch.due()
-
-    def _predict(self, images: list[bytes], *, with_embeddings: bool = False,
-                 observe: bool = False) -> list[ImagePrediction]:
-        """`observe`: client images (not the loop's, not Label Studio's): they join the drift window."""
+    def _predict(self, images: list[bytes], **options: bool) -> list[ImagePrediction]:
         # NoModelError is the front's 503; a BadInputError here (the front validated these) a bug's 400.
         with errors.bentoml_errors():
-            scored = self.models.score([decode_image(i) for i in images], observe=observe)
-        probs = scored.probabilities
-        all_scores = per_image_scores(probs)
-        return [
-            ImagePrediction(
-                label=label,
-                probabilities={c: round(float(p), 6) for c, p in zip(scored.classes, row, strict=True)},
-                score=float(score),
-                scores={name: round(float(values[i]), 6) for name, values in all_scores.items()},
-                strategy=self.strategy.name,
-                model_version=scored.version,
-                # Only on request: 128 floats per image are real work in the batched hot path.
-                embedding=[round(float(v), 5) for v in scored.embeddings[i]] if with_embeddings else None,
-            )
-            for i, (label, row, score) in enumerate(zip(scored.labels, probs, scored.scores, strict=True))
-        ]
+            return self.core.predict([decode_image(i) for i in images], **options)
 
     @bentoml.api(
         batchable=SETTINGS.batching,
@@ -162,11 +135,7 @@ class Classifier:
 
     @bentoml.api
     def model_info(self) -> ModelInfo | None:
-        model = self.models.current
-        if model is None:
-            return None
-        return ModelInfo(version=model.tag, classes=model.classes, metadata=model.metadata,
-                         drift=self.models.drift_status())
+        return self.core.info()
 
 
 # --- the front door -----------------------------------------------------------------------
@@ -174,13 +143,12 @@ backend = FastAPI(title="labelloop Label Studio ML backend")
 errors.install(backend)
 
 
-def _decodes(data: bytes) -> BadInputError | None:
-    """None if the pipeline's decoder reads the image, else why not."""
+def _decoded(data: bytes) -> Image.Image | BadInputError:
+    """The image as the pipeline's decoder reads it, or why it cannot."""
     try:
-        decode_image(data)
+        return decode_image(data)
     except BadInputError as exc:
         return exc
-    return None
 
 
 def _failure_reason(problem: Exception) -> str:
@@ -190,11 +158,15 @@ def _failure_reason(problem: Exception) -> str:
     return "outside_root" if isinstance(problem, OutsideRootError) else "decode"
 
 
-def _validate_images(raw: list[bytes]) -> None:
-    """The first image the decoder cannot read is this request's 400."""
+def _decode_all(raw: list[bytes]) -> list[Image.Image]:
+    """Every image decoded; the first the decoder cannot read is this request's 400."""
+    images = []
     for i, data in enumerate(raw):
-        if problem := _decodes(data):
-            raise BadInputError(f"image {i}: {problem}") from problem
+        image = _decoded(data)
+        if isinstance(image, BadInputError):
+            raise BadInputError(f"image {i}: {image}") from image
+        images.append(image)
+    return images
 
 
 _PREDICTIONS = TypeAdapter(list[ImagePrediction])
@@ -222,7 +194,9 @@ Base64List = Annotated[
 @bentoml.service(name="labelloop", traffic={"timeout": 120})
 @bentoml.asgi_app(backend, path="/")
 class Labelloop:
-    classifier = bentoml.depends(Classifier)
+    if not SETTINGS.one_process:
+        # The model-worker topology: the model in `SETTINGS.workers` processes behind a hop.
+        classifier = bentoml.depends(Classifier)
 
     def __init__(self) -> None:
         label_studio = SETTINGS.label_studio
@@ -237,10 +211,19 @@ class Labelloop:
         self.telemetry = Telemetry(
             SETTINGS.prediction_log, max_bytes=int(SETTINGS.prediction_log_max_mb * 1024 * 1024)
         )
-        # Every call to the model worker goes through this: retried on transport errors,
-        # the model's identity cached for a poll interval.
-        self.worker = ModelWorkerClient(lambda: self.classifier.to_async,
-                                        info_ttl_s=SETTINGS.model_poll_interval_s)
+        self.worker: InProcessModel | ModelWorkerClient
+        if SETTINGS.one_process:
+            # The model in this process: one forward pass at a time from one bounded queue.
+            self.worker = InProcessModel(
+                ModelCore(SETTINGS, publish_drift), batching=SETTINGS.batching,
+                max_batch_size=SETTINGS.max_batch_size, max_queue=SETTINGS.max_queue,
+                max_wait_s=SETTINGS.max_latency_ms / 1000,
+            )
+        else:
+            # Every call to the model workers goes through this: retried on transport
+            # errors, the model's identity cached for a poll interval.
+            self.worker = ModelWorkerClient(lambda: self.classifier.to_async,
+                                            info_ttl_s=SETTINGS.model_poll_interval_s, max_queue=SETTINGS.max_queue)
         capture = SETTINGS.capture
         # Client images worth labeling go to a background writer (off by default).
         self.capture = (CaptureWriter(CaptureStore(SETTINGS.capture_dir), capture, count=capture_counted)
@@ -260,15 +243,16 @@ class Labelloop:
         header): neither captured nor drift-monitored, since it is not production traffic."""
         if not raw:
             raise BadInputError("no image in the request")
-        await anyio.to_thread.run_sync(_validate_images, raw)
+        decoded = await anyio.to_thread.run_sync(_decode_all, raw)
         size = SETTINGS.max_batch_size
         # One request never exceeds one batch: larger ones go as several concurrent calls.
         if with_embeddings:
             method, extra = "classify_with_embeddings", {"observe": not from_loop}
         else:
-            method, extra = ("classify_all" if from_loop else "classify_images"), {}
+            method, extra = ("classify_all" if from_loop else CLIENT_METHOD), {}
         parts = await asyncio.gather(
-            *(self.worker.classify(method, raw[i : i + size], **extra) for i in range(0, len(raw), size))
+            *(self.worker.classify(method, raw[i : i + size], decoded[i : i + size], **extra)
+              for i in range(0, len(raw), size))
         )
         predictions = [p for part in parts for p in part]
         self.telemetry.predictions(route, predictions, refs)
@@ -293,18 +277,22 @@ class Labelloop:
         """Label, class probabilities, query-strategy scores and model version per image
         (multipart upload; one or more files in the `images` field). `with_embeddings`:
         also the model's penultimate-layer activations (batch-mode query strategies)."""
-        with errors.bentoml_errors():
+        try:
             raw = [Path(p).read_bytes() for p in images]
             return _json_response(await self._classify("classify", raw, [Path(p).name for p in images],
                                                        with_embeddings=with_embeddings, from_loop=_from_loop(ctx)))
+        except LabelloopError as exc:
+            return errors.api_answer(exc, ctx)
 
     @bentoml.api(route="/classify_base64")
     async def classify_base64(self, images: Base64List, ctx: bentoml.Context = None) -> list[ImagePrediction]:
         """The same, for JSON clients: images as base64 strings or `data:` URIs."""
-        with errors.bentoml_errors():
+        try:
             raw = [decode_base64(text) for text in images]
             return _json_response(await self._classify("classify_base64", raw, [f"#{i}" for i in range(len(raw))],
                                                        from_loop=_from_loop(ctx)))
+        except LabelloopError as exc:
+            return errors.api_answer(exc, ctx)
 
     @backend.post("/classify_raw", response_model=list[ImagePrediction])
     async def classify_raw(self, request: Request) -> list[ImagePrediction]:
@@ -355,9 +343,10 @@ class Labelloop:
             raise NoModelError(NO_MODEL)
         urls = [storage_resolve_path(str(t.data.get(target.data_key) or ""), t.id) for t in request.tasks]
         fetched = await self.fetcher.fetch_many(urls)
-        checks = await anyio.to_thread.run_sync(
-            lambda: [_decodes(item) if isinstance(item, bytes) else item for item in fetched]
+        decoded = await anyio.to_thread.run_sync(
+            lambda: [_decoded(item) if isinstance(item, bytes) else item for item in fetched]
         )
+        checks = [item if isinstance(item, Exception) else None for item in decoded]
         usable = [i for i, problem in enumerate(checks) if problem is None]
         for problem in checks:
             if problem is not None:
@@ -367,8 +356,9 @@ class Labelloop:
         for task, problem in zip(request.tasks, checks, strict=True):
             if problem is not None:
                 log.warning("task %s: no prediction: %s", task.id, problem)
-        images = [item for item, problem in zip(fetched, checks) if problem is None and isinstance(item, bytes)]
-        predictions = await self.worker.classify("classify_all", images) if images else []
+        images = [fetched[i] for i in usable]
+        predictions = (await self.worker.classify("classify_all", images, [decoded[i] for i in usable])
+                       if images else [])
         version = predictions[0].model_version if predictions else info.version
         results = [TaskResult(result=[], score=1.0, model_version=version) for _ in request.tasks]
         for i, prediction in zip(usable, predictions, strict=True):
@@ -401,5 +391,6 @@ Labelloop.add_asgi_middleware(
         api_key=SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None,
         basic_auth=SETTINGS.basic_auth,
         webhook_secret=SETTINGS.webhook_secret.get_secret_value() if SETTINGS.webhook_secret else None,
+        max_in_flight=SETTINGS.max_in_flight,
     ),
 )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import queue
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,33 +114,45 @@ def publish_drift(status: DriftStatus | None) -> None:
 
 
 class Telemetry:
+    """The request path only counts and hands its answers over: a thread of its own writes
+    the prediction log (JSON formatting, the file write, rotation)."""
+
     def __init__(self, log_path: Path, max_bytes: int, backups: int = 5):
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
+        self._file = logging.handlers.RotatingFileHandler(
             log_path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        self._log = logging.getLogger(f"labelloop.predictions.{log_path}")
-        self._log.propagate = False
-        self._log.setLevel(logging.INFO)
-        if not self._log.handlers:
-            self._log.addHandler(handler)
+        self._file.setFormatter(logging.Formatter("%(message)s"))
+        self._pending: queue.SimpleQueue[tuple[float, str, Sequence[str], Sequence[ImagePrediction]]] = (
+            queue.SimpleQueue())
+        self._writer = threading.Thread(target=self._write_log, name="prediction-log", daemon=True)
+        self._writer.start()
         self._last_version: str | None = None
 
     def predictions(self, route: str, items: Sequence[ImagePrediction], refs: Sequence[str]) -> None:
         """Count, histogram and log each answered image. `refs` name the inputs (file name,
         task id); one per item."""
-        now = time.time()
-        for ref, item in zip(refs, items, strict=True):
+        if len(refs) != len(items):
+            raise ValueError(f"{len(refs)} refs for {len(items)} predictions")
+        for item in items:
             confidence = max(item.probabilities.values()) if item.probabilities else 0.0
             PREDICTIONS.labels(route=route, label=item.label, model_version=item.model_version).inc()
             CONFIDENCE.labels(route=route).observe(confidence)
-            self._log.info(json.dumps({
-                "ts": round(now, 3), "route": route, "ref": ref, "label": item.label,
-                "confidence": round(confidence, 6), "score": round(item.score, 6),
-                "strategy": item.strategy, "model_version": item.model_version,
-            }))
             self._saw_version(item.model_version)
+        self._pending.put((time.time(), route, refs, items))
+
+    def _write_log(self) -> None:
+        while True:
+            now, route, refs, items = self._pending.get()
+            for ref, item in zip(refs, items, strict=True):
+                confidence = max(item.probabilities.values()) if item.probabilities else 0.0
+                line = json.dumps({
+                    "ts": round(now, 3), "route": route, "ref": ref, "label": item.label,
+                    "confidence": round(confidence, 6), "score": round(item.score, 6),
+                    "strategy": item.strategy, "model_version": item.model_version,
+                })
+                # A write that fails (a full disk) is reported on stderr by the handler; the writer goes on.
+                self._file.handle(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
 
     def fetch_failed(self, reason: str) -> None:
         FETCH_FAILURES.labels(reason=reason).inc()

@@ -1,6 +1,7 @@
-"""The service as a real `bentoml serve` process (front door + 2 model workers): no model
--> 503, every client input format, every bad input a 4xx with the service still up, the
-Label Studio protocol, metrics and the prediction log, and a hot swap under load."""
+"""The service as a real `bentoml serve` process, in both topologies (the model in the
+answering process; a front door + 2 model workers): no model -> 503, every client input
+format, every bad input a 4xx with the service still up, the Label Studio protocol, metrics
+and the prediction log, a hot swap under load, and overload answered 503 + Retry-After."""
 
 from __future__ import annotations
 
@@ -36,15 +37,21 @@ def label_config(choices=CLASSES, image="image", data_key="image", control="choi
             f'<Choices name="{control}" toName="{image}">{options}</Choices></View>')
 
 
-@pytest.fixture(scope="module")
-def service(trained, tmp_path_factory):
+#: topology -> workers: the default (one process) and the scale-out one (a hop to 2 workers).
+TOPOLOGIES = {"one_process": 1, "model_workers": 2}
+
+
+@pytest.fixture(scope="module", params=list(TOPOLOGIES))
+def service(request, trained, tmp_path_factory):
     """Started BEFORE anything is promoted in its home (the trained store is shared)."""
     loop, run = trained
     home = tmp_path_factory.mktemp("svc-home")
     (home / "bentoml").symlink_to(loop.settings.bentoml_home)
     # margin pinned: the answers below are checked against it, whatever the default strategy is.
-    settings = make_settings(home, loop.settings.workspace, serving_workers=2, serving_max_body_mb=MAX_BODY_MB,
+    settings = make_settings(home, loop.settings.workspace, serving_workers=TOPOLOGIES[request.param],
+                             serving_topology=request.param, serving_max_body_mb=MAX_BODY_MB,
                              query_strategy="margin")
+    assert settings.serving_one_process == (request.param == "one_process")
     with pytest.MonkeyPatch.context() as env:  # read by the service processes when they start
         env.setenv("BENTOML_CONFIG_OPTIONS", RECYCLE_EVERY_100_CALLS)
         server = ServiceServer(settings).start(timeout_s=240)
@@ -292,8 +299,8 @@ def _failures(answers: list) -> list:
 
 
 def test_concurrent_single_task_predicts_all_succeed(promoted, trained):
-    """64 Label Studio clients at once, one task per /predict, 320 requests: the hop to the
-    model worker (whose BentoML client recycles its session under load) fails none of them."""
+    """64 Label Studio clients at once, one task per /predict, 320 requests: none fails (with
+    model workers: the hop, whose BentoML client recycles its session under load, neither)."""
     _, server, run = promoted
     loop, _ = trained
     uris = ["data:image/png;base64," + base64.b64encode(_png(loop, i)).decode() for i in range(CONCURRENCY)]
@@ -315,7 +322,9 @@ def test_concurrent_single_task_predicts_all_succeed(promoted, trained):
         results = answer.json()["results"]
         assert len(results) == 1 and results[0]["model_version"] == run.model_tag
         assert results[0]["result"][0]["value"]["choices"][0] in CLASSES
-    assert retried > 0, "the model worker's client session was never recycled mid-flight"
+    # With model workers BentoML's client recycles its session every 100 calls here: on the
+    # asyncio loop that broke calls in flight (retried: `retried` > 0); on uvloop it rarely
+    # does. Either way no request fails; the retry itself is tested in test_model_worker.
     print(f"{len(answers)} single-task /predict at {CONCURRENCY} clients: 0 errors, "
           f"{len(answers) / elapsed:.0f} requests/s, {retried} model-worker calls retried")
 
@@ -384,9 +393,16 @@ def test_metrics_and_prediction_log(promoted, trained):
     assert 'labelloop_image_fetch_failures_total{reason="fetch"}' in metrics
     assert f'labelloop_model_info{{model_version="{run.model_tag}"}} 1.0' in metrics
     assert "bentoml_service_request_total" in metrics or "bentoml" in metrics
-    lines = [json.loads(line) for line in settings.prediction_log.read_text().splitlines()]
-    assert lines and {"ts", "route", "ref", "label", "confidence", "model_version"} <= set(lines[-1])
-    assert any(line["route"] == "classify" and line["model_version"] == run.model_tag for line in lines)
+    # A thread of the service writes the log after the answers went out.
+    deadline = time.monotonic() + 20
+    while True:
+        log = settings.prediction_log
+        lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        if any(line["route"] == "classify" and line["model_version"] == run.model_tag for line in lines):
+            break
+        assert time.monotonic() < deadline, "no classify line in the prediction log"
+        time.sleep(0.2)
+    assert {"ts", "route", "ref", "label", "confidence", "model_version"} <= set(lines[-1])
 
 
 def test_schemathesis_finds_no_server_error(promoted, tmp_path):
@@ -510,3 +526,45 @@ def test_local_files_under_the_shared_root_are_read_directly_and_confined(promot
     alone = httpx.post(f"{server.url}/predict", json={"tasks": [escape], "label_config": label_config()})
     assert alone.status_code == 400 and "outside Label Studio's document root" in alone.json()["detail"]
     assert client.image_fetch_failures()["outside_root"] - refused_before == 2
+
+
+# --- overload (issue 12.3: bounded queue, backpressure) -----------------------------------
+@pytest.fixture(scope="module")
+def tiny_queue_service(trained, tmp_path_factory):
+    """One process holding at most 8 client requests at once: 64 clients overload it."""
+    loop, run = trained
+    home = tmp_path_factory.mktemp("svc-overload")
+    (home / "bentoml").symlink_to(loop.settings.bentoml_home)
+    settings = make_settings(home, loop.settings.workspace, serving_max_in_flight=8)
+    write_promotion(settings.promotion_file, PromotionRecord(
+        tag=run.model_tag, accuracy=run.accuracy, data_commit=run.data_commit, n_labels=20, run_id=run.run_id))
+    server = ServiceServer(settings).start(timeout_s=240)
+    deadline = time.monotonic() + 90
+    while httpx.get(f"{server.url}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "service did not load the promoted model"
+        time.sleep(0.5)
+    yield settings, server
+    server.stop()
+
+
+def test_overload_is_a_503_with_retry_after_and_no_dropped_connection(tiny_queue_service, trained):
+    settings, server = tiny_queue_service
+    loop, _ = trained
+    assert settings.serving_one_process
+    images = [_png(loop, i) for i in range(CONCURRENCY)]
+
+    async def classify(http: httpx.AsyncClient, index: int, round_: int) -> httpx.Response:
+        return await http.post(f"{server.url}/classify", files=[("images", ("a.png", images[index], "image/png"))])
+
+    answers = _concurrently(classify)
+    dropped = [a for a in answers if isinstance(a, Exception)]
+    assert not dropped, dropped[:3]
+    by_status = {status: [a for a in answers if a.status_code == status] for status in {a.status_code for a in answers}}
+    assert set(by_status) == {200, 503}, {s: len(a) for s, a in by_status.items()}
+    for refused in by_status[503]:
+        assert refused.headers["retry-after"] == "1"
+        assert "LABELLOOP_SERVING_MAX_IN_FLIGHT=8" in refused.text
+    # Label Studio's /predict is not client traffic: it is never refused for the client API's load.
+    assert httpx.post(f"{server.url}/predict", timeout=60, json={"tasks": [{"id": 1, "data": {
+        "image": "data:image/png;base64," + base64.b64encode(images[0]).decode()}}]}).status_code == 200
+    print(f"{len(answers)} requests: {len(by_status[200])} answered, {len(by_status[503])} refused with Retry-After")

@@ -41,3 +41,29 @@ def test_an_invalid_value_is_a_config_error_naming_its_variable(tmp_path, monkey
     monkeypatch.setenv("LABELLOOP_SERVICE_PORT", "abc")
     with pytest.raises(ConfigError, match=r"LABELLOOP_SERVICE_PORT='abc': .*integer.*labelloop.yaml"):
         Settings.load()
+
+
+def test_the_serving_topology_is_one_process_unless_several_workers_or_a_gpu(tmp_path, monkeypatch):
+    import kernel.settings as settings_module
+
+    monkeypatch.setattr(settings_module, "gpu_visible", lambda: False)
+    assert Settings.load(home=tmp_path).serving.one_process
+    assert not Settings.load(home=tmp_path, serving_workers=2).serving.one_process
+    assert not Settings.load(home=tmp_path, serving_topology="model_workers").serving.one_process
+    # Asked for explicitly, one process it is, whatever the worker count says.
+    assert Settings.load(home=tmp_path, serving_workers=2, serving_topology="one_process").serving.one_process
+    monkeypatch.setattr(settings_module, "gpu_visible", lambda: True)
+    assert not Settings.load(home=tmp_path).serving.one_process
+
+
+def test_a_gpu_is_visible_only_when_its_device_exists_and_cuda_does_not_hide_it(monkeypatch):
+    from pathlib import Path
+
+    from kernel.settings import gpu_visible
+
+    exists = Path("/dev/nvidia0").exists()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_visible() == exists
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert not gpu_visible()
