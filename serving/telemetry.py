@@ -113,6 +113,12 @@ def publish_drift(status: DriftStatus | None) -> None:
         DRIFT_SCORE.labels(test=test).set(status.scores.get(test, 0.0) if status else 0.0)
 
 
+#: Answered requests waiting for the prediction log's writer.
+PENDING_LOG_REQUESTS = 100_000
+
+log = logging.getLogger("labelloop.serving")
+
+
 class Telemetry:
     """The request path only counts and hands its answers over: a thread of its own writes
     the prediction log (JSON formatting, the file write, rotation)."""
@@ -123,8 +129,11 @@ class Telemetry:
             log_path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
         self._file.setFormatter(logging.Formatter("%(message)s"))
-        self._pending: queue.SimpleQueue[tuple[float, str, Sequence[str], Sequence[ImagePrediction]]] = (
-            queue.SimpleQueue())
+        # Bounded: a disk that stalls must not grow the service's memory without end; what
+        # does not fit is dropped from the log (never from the answer) and said in the log.
+        self._pending: queue.Queue[tuple[float, str, Sequence[str], Sequence[ImagePrediction]]] = (
+            queue.Queue(maxsize=PENDING_LOG_REQUESTS))
+        self._dropped = 0
         self._writer = threading.Thread(target=self._write_log, name="prediction-log", daemon=True)
         self._writer.start()
         self._last_version: str | None = None
@@ -139,7 +148,13 @@ class Telemetry:
             PREDICTIONS.labels(route=route, label=item.label, model_version=item.model_version).inc()
             CONFIDENCE.labels(route=route).observe(confidence)
             self._saw_version(item.model_version)
-        self._pending.put((time.time(), route, refs, items))
+        try:
+            self._pending.put_nowait((time.time(), route, refs, items))
+        except queue.Full:
+            self._dropped += 1
+            if self._dropped % 1000 == 1:
+                log.warning("the prediction log's writer is behind by %d requests: %d requests' lines dropped",
+                            PENDING_LOG_REQUESTS, self._dropped)
 
     def _write_log(self) -> None:
         while True:
