@@ -96,6 +96,16 @@ def load_model(tag: str) -> LoadedModel:
     )
 
 
+def _warm_up(model: LoadedModel) -> None:
+    """Trace the forward pass before the model serves (and before the heap is frozen): for
+    one image, then for a batch, after which TensorFlow keeps a shape-generic trace. The
+    first requests would otherwise pay the tracing, and its objects would sit outside the
+    frozen heap."""
+    blank = Image.new("RGB", (8, 8))
+    model.predict([blank])
+    model.predict([blank, blank])
+
+
 def _settle_heap() -> None:
     """Collect once (the replaced model's reference cycles) and move everything alive to
     the collector's permanent generation. With a framework and a model loaded the process
@@ -157,6 +167,7 @@ class ModelSlot:
             if self._fetch_model is not None:
                 self._fetch_model(record.tag)
             new_model = load_model(record.tag)  # loaded beside the old one
+            _warm_up(new_model)
             if self._drift is not None and new_model.drift_reference is not None and len(new_model.drift_reference) > 1:
                 new_model.drift = DriftDetector(new_model.drift_reference, len(new_model.classes), self._drift)
             old = self._current

@@ -50,7 +50,7 @@ from pydantic import Field, TypeAdapter
 from kernel.errors import BadInputError, FetchError, LabelloopError, NoModelError
 from kernel.settings import Settings
 from pipelines.images import decode_image
-from serving import errors
+from serving import deadline, errors
 from serving.capture import CaptureStore, CaptureWriter
 from serving.events import spool_event
 from serving.fetch import ImageFetcher, OutsideRootError, decode_base64, none_usable, storage_resolve_path
@@ -78,6 +78,8 @@ log = logging.getLogger("labelloop.serving")
 
 #: Read once per process (BentoML imports this module in every worker): serving's section only.
 SETTINGS = Settings.load().serving
+# Before BentoML builds the app: its request timeout leaks a timer per request (serving/deadline.py).
+deadline.install()
 #: The names labelloop's own project config uses; a /predict without a config gets these.
 DEFAULT_TARGET = ChoiceTarget(from_name="choice", to_name="image", data_key="image", choices=())
 #: BentoML's dependency client recycles its session every `max_requests` calls (100 by
