@@ -59,6 +59,7 @@ class ForwardQueue(Generic[In, Out]):
         self._queued_items = 0
         self._drainer: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="forward-pass")
+        self.batch_sizes: deque[int] = deque(maxlen=256)  # recent passes' sizes (tests, benchmarks)
 
     @property
     def queued(self) -> int:
@@ -115,6 +116,7 @@ class ForwardQueue(Generic[In, Out]):
             if not batch:
                 continue
             items = [item for job in batch for item in job.items]
+            self.batch_sizes.append(len(items))
             try:
                 outputs = await loop.run_in_executor(self._thread, lambda: self._run(items, **dict(batch[0].kind)))
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the pass's error

@@ -184,6 +184,9 @@ class InProcessModel:
     async def info(self) -> ModelInfo | None:
         return self._core.info()
 
+    def expire(self) -> None:
+        """Nothing cached: `info` reads the model slot itself."""
+
 
 def _log_failure(done: asyncio.Future[ModelInfo | None]) -> None:
     if not done.cancelled() and (error := done.exception()) is not None:

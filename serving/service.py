@@ -257,8 +257,9 @@ class Labelloop:
               for i in range(0, len(raw), size))
         )
         predictions = [p for part in parts for p in part]
-        confidences = self.telemetry.predictions(route, predictions, refs)
+        self.telemetry.predictions(route, predictions, refs)
         if self.capture is not None and not from_loop:
+            confidences = [max(p.probabilities.values(), default=0.0) for p in predictions]
             self.capture.offer(raw, confidences, drifting=await self._drifting())
         return predictions
 

@@ -131,25 +131,25 @@ class Telemetry:
         self._file.setFormatter(logging.Formatter("%(message)s"))
         # Bounded: a disk that stalls must not grow the service's memory without end; what
         # does not fit is dropped from the log (never from the answer) and said in the log.
-        self._pending: queue.Queue[tuple[float, str, Sequence[str], Sequence[ImagePrediction], list[float]]] = (
+        self._pending: queue.Queue[tuple[float, str, Sequence[str], Sequence[ImagePrediction]]] = (
             queue.Queue(maxsize=PENDING_LOG_REQUESTS))
         self._dropped = 0
         self._writer = threading.Thread(target=self._write_log, name="prediction-log", daemon=True)
         self._writer.start()
         self._last_version: str | None = None
 
-    def predictions(self, route: str, items: Sequence[ImagePrediction], refs: Sequence[str]) -> list[float]:
-        """Count, histogram and log each answered image; returns each one's confidence (its
-        top probability). `refs` name the inputs (file name, task id); one per item."""
+    def predictions(self, route: str, items: Sequence[ImagePrediction], refs: Sequence[str]) -> None:
+        """Count, histogram and log each answered image. `refs` name the inputs (file name,
+        task id); one per item."""
         if len(refs) != len(items):
             raise ValueError(f"{len(refs)} refs for {len(items)} predictions")
-        confidences = [max(item.probabilities.values(), default=0.0) for item in items]
-        for item, confidence in zip(items, confidences):
+        for item in items:
+            confidence = max(item.probabilities.values()) if item.probabilities else 0.0
             PREDICTIONS.labels(route=route, label=item.label, model_version=item.model_version).inc()
             CONFIDENCE.labels(route=route).observe(confidence)
             self._saw_version(item.model_version)
         try:
-            self._pending.put_nowait((time.time(), route, refs, items, confidences))
+            self._pending.put_nowait((time.time(), route, refs, items))
         except queue.Full:
             self._dropped += 1
             if self._dropped % 1000 == 1:
@@ -158,8 +158,9 @@ class Telemetry:
 
     def _write_log(self) -> None:
         while True:
-            now, route, refs, items, confidences = self._pending.get()
-            for ref, item, confidence in zip(refs, items, confidences, strict=True):
+            now, route, refs, items = self._pending.get()
+            for ref, item in zip(refs, items, strict=True):
+                confidence = max(item.probabilities.values()) if item.probabilities else 0.0
                 line = json.dumps({
                     "ts": round(now, 3), "route": route, "ref": ref, "label": item.label,
                     "confidence": round(confidence, 6), "score": round(item.score, 6),
